@@ -1,0 +1,77 @@
+# vfio-user-pci: build and test our patch series on Debian's QEMU 10.0.
+#
+#   make          install build deps, fetch QEMU, apply the series, build
+#   make check    run the tests, then verify the exported series
+#   make series   export the series as git format-patch files (out/series)
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
+
+SHELL := /bin/bash
+REPO := $(CURDIR)
+BUILD := $(REPO)/build
+STAMPS := $(BUILD)/stamps
+PRISTINE := $(BUILD)/qemu-pristine
+TREE := $(BUILD)/qemu
+QEMU_BUILD := $(TREE)/build
+SERIES_OUT := $(REPO)/out/series
+JOBS ?= $(shell nproc)
+
+CONFIGURE_FLAGS := \
+	--python=/usr/bin/python3 \
+	--target-list=x86_64-softmmu \
+	--enable-kvm --enable-tcg \
+	--enable-slirp \
+	--enable-vfio-user-server \
+	--disable-docs --disable-user \
+	--disable-werror \
+	--disable-install-blobs \
+	--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu
+
+SAMPLES := gpio-pci-idio-16 server null client
+NINJA_TARGETS := qemu-system-x86_64 tests/qtest/vfio-user-test \
+	$(addprefix subprojects/libvfio-user/samples/,$(SAMPLES))
+
+.PHONY: all deps fetch tree configure qemu check series check-series clean
+
+all: qemu
+
+deps: $(STAMPS)/deps
+$(STAMPS)/deps: harness/install-deps.sh
+	@mkdir -p $(STAMPS)
+	harness/install-deps.sh $@
+
+fetch: $(PRISTINE)/.git/debian-version
+$(PRISTINE)/.git/debian-version: BASE_VERSION $(STAMPS)/deps
+	harness/fetch-qemu.sh BASE_VERSION $(BUILD)/dl $(PRISTINE)
+
+tree: fetch
+	harness/prepare-tree.sh $(REPO) $(PRISTINE) $(TREE)
+
+configure: $(QEMU_BUILD)/build.ninja
+$(QEMU_BUILD)/build.ninja: | tree
+	cd $(TREE) && ./configure $(CONFIGURE_FLAGS) > $(BUILD)/configure.log 2>&1 || \
+		{ tail -30 $(BUILD)/configure.log; exit 1; }
+
+# Debian's firmware, where a binary run from the build tree looks for it
+FIRMWARE_DIRS := /usr/share/qemu /usr/share/seabios /usr/lib/ipxe/qemu
+
+qemu: tree configure
+	ninja -C $(QEMU_BUILD) -j$(JOBS) $(NINJA_TARGETS)
+	for d in $(FIRMWARE_DIRS); do \
+		mkdir -p $(QEMU_BUILD)/qemu-bundle$$(dirname $$d); \
+		ln -sfn $$d $(QEMU_BUILD)/qemu-bundle$$d; \
+	done
+	ln -sf qemu/build/qemu-system-x86_64 $(BUILD)/qemu-system-x86_64
+
+check: qemu
+	harness/run-tests.sh $(QEMU_BUILD) $(REPO)/out/test-results \
+		$(MAKE) -C $(REPO) --no-print-directory check-series
+
+series:
+	harness/export-series.sh $(REPO) $(PRISTINE) $(SERIES_OUT)
+
+check-series: series
+	harness/check-series.sh $(PRISTINE) $(TREE) $(SERIES_OUT)
+
+clean:
+	rm -rf $(BUILD) $(REPO)/out

@@ -1,0 +1,91 @@
+#!/bin/bash
+# Run the vfio-user tests and print one summary line.
+#
+# usage: run-tests.sh QEMU_BUILD_DIR RESULTS_DIR [SERIES_CHECK_CMD...]
+#
+# Each qtest case runs in a process of its own (a failed assertion aborts
+# its process) and in a process group of its own, so that a failing case
+# cannot leave server processes behind.  SERIES_CHECK_CMD, if given, is a
+# command whose success is counted as one more test.
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
+set -uo pipefail
+
+build=$(realpath "$1")
+results=$(realpath -m "$2")
+shift 2
+case_timeout=${VFIO_USER_TEST_TIMEOUT:-180}
+
+passed=0
+failed=0
+skipped=0
+failures=()
+
+rm -rf "$results"
+mkdir -p "$results"
+
+# run NAME LOG CMD...: run CMD in its own process group, with a timeout
+run() {
+    local name=$1 log=$2
+    shift 2
+    setsid timeout -k 5 "$case_timeout" "$@" >"$log" 2>&1 </dev/null &
+    local pid=$!
+    wait $pid
+    local rc=$?
+    kill -KILL -- -$pid 2>/dev/null
+    return $rc
+}
+
+record() {
+    local name=$1 result=$2 log=$3
+    case "$result" in
+    pass) passed=$((passed + 1)); echo "PASS: $name" ;;
+    skip) skipped=$((skipped + 1)); echo "SKIP: $name ($(sed -n 's/^ok .*# SKIP //p' "$log" | head -n 1))" ;;
+    *)
+        failed=$((failed + 1))
+        failures+=("$name")
+        echo "FAIL: $name (log: $log)"
+        tail -n 15 "$log" | sed 's/^/    /'
+        ;;
+    esac
+}
+
+cd "$build"
+export QTEST_QEMU_BINARY=./qemu-system-x86_64
+export VFIO_USER_SAMPLES=$build/subprojects/libvfio-user/samples
+
+for test in tests/qtest/vfio-user-test; do
+    if [ ! -x "$test" ]; then
+        record "$test" fail /dev/null
+        continue
+    fi
+    for path in $("$test" -l | grep '^/'); do
+        log=$results/$(echo "${path#/}" | tr '/' '_').log
+        run "$path" "$log" "$test" --tap -p "$path"
+        rc=$?
+        if [ $rc -eq 0 ] && grep -q '^ok .*# SKIP' "$log"; then
+            record "$path" skip "$log"
+        elif [ $rc -eq 0 ] && grep -q '^ok ' "$log" && ! grep -q '^not ok' "$log"; then
+            record "$path" pass "$log"
+        else
+            [ $rc -eq 124 ] && echo "timed out after ${case_timeout}s" >>"$log"
+            record "$path" fail "$log"
+        fi
+    done
+done
+
+if [ $# -gt 0 ]; then
+    log=$results/series.log
+    if "$@" >"$log" 2>&1; then
+        record "series: export, git am, checkpatch" pass "$log"
+    else
+        record "series: export, git am, checkpatch" fail "$log"
+    fi
+fi
+
+echo
+if [ $failed -gt 0 ]; then
+    echo "Failed: ${failures[*]}"
+fi
+echo "check: $passed passed, $failed failed, $skipped skipped"
+[ $failed -eq 0 ]

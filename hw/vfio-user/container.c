@@ -1,0 +1,260 @@
+/*
+ * vfio-user IOMMU backend: the DMA view a vfio-user server gets of guest
+ * memory.  hw/vfio's memory listener drives it like the kernel backends;
+ * mappings become DMA_MAP/DMA_UNMAP messages, passing the RAM's fd when it
+ * has one, and the server's DMA_READ/DMA_WRITE requests are served for the
+ * ranges it was given.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+
+#include "exec/ramblock.h"
+#include "hw/vfio-user/container.h"
+#include "hw/vfio-user/device.h"
+#include "qapi/error.h"
+#include "qemu/error-report.h"
+#include "exec/memory.h"
+#include "trace.h"
+
+/* The server's view of the mapping's protection, for DMA_READ/DMA_WRITE */
+static IOMMUAccessFlags vfio_user_map_perm(bool readonly)
+{
+    return readonly ? IOMMU_RO : IOMMU_RW;
+}
+
+static int vfio_user_dma_map(const VFIOContainerBase *bcontainer, hwaddr iova,
+                             ram_addr_t size, void *vaddr, bool readonly)
+{
+    VFIOUserContainer *container = VFIO_IOMMU_USER(bcontainer);
+    VFIOUserDMAMap msg = { };
+    DMAMap map = {
+        .iova = iova,
+        .size = size - 1,
+        .perm = vfio_user_map_perm(readonly),
+    };
+    ram_addr_t offset = 0;
+    MemoryRegion *mr;
+    Error *err = NULL;
+    int fd = -1;
+    int ret;
+
+    mr = memory_region_from_host(vaddr, &offset);
+    if (mr && mr->ram_block) {
+        fd = memory_region_get_fd(mr);
+    }
+
+    vfio_user_request_init(&msg.hdr, VFIO_USER_DMA_MAP, sizeof(msg));
+    msg.argsz = sizeof(msg) - sizeof(msg.hdr);
+    msg.flags = VFIO_USER_DMA_READABLE |
+                (readonly ? 0 : VFIO_USER_DMA_WRITEABLE);
+    msg.iova = iova;
+    msg.size = size;
+    if (fd >= 0) {
+        msg.offset = mr->ram_block->fd_offset + offset;
+    }
+    trace_vfio_user_dma_map(container->proxy->sockname, iova, size,
+                            msg.offset, fd, readonly);
+
+    ret = vfio_user_request(container->proxy, &msg.hdr, fd >= 0 ? &fd : NULL,
+                            fd >= 0 ? 1 : 0, NULL, &err);
+    if (ret < 0) {
+        if (bcontainer->initialized) {
+            /*
+             * hw/vfio treats a failed mapping after realize as fatal for
+             * the VM; a vfio-user server that fails one must not take the
+             * guest down with it.  The device loses DMA to that range.
+             */
+            error_report_err(err);
+            return 0;
+        }
+        error_free(err);
+        return ret;
+    }
+    iova_tree_insert(container->mappings, &map);
+    return 0;
+}
+
+static int vfio_user_dma_unmap(const VFIOContainerBase *bcontainer,
+                               hwaddr iova, ram_addr_t size,
+                               IOMMUTLBEntry *iotlb)
+{
+    VFIOUserContainer *container = VFIO_IOMMU_USER(bcontainer);
+    VFIOUserDMAUnmap msg = { };
+    DMAMap map = { .iova = iova, .size = size - 1 };
+    Error *err = NULL;
+    int ret;
+
+    vfio_user_request_init(&msg.hdr, VFIO_USER_DMA_UNMAP, sizeof(msg));
+    msg.argsz = sizeof(msg) - sizeof(msg.hdr);
+    msg.iova = iova;
+    msg.size = size;
+    trace_vfio_user_dma_unmap(container->proxy->sockname, iova, size);
+
+    /* Whatever the server says, it may no longer DMA there */
+    iova_tree_remove(container->mappings, map);
+    if (!container->proxy->connected) {
+        return 0;
+    }
+    ret = vfio_user_request(container->proxy, &msg.hdr, NULL, 0, NULL, &err);
+    if (ret < 0) {
+        error_report_err(err);
+    }
+    return ret;
+}
+
+/*
+ * Serve DMA_READ/DMA_WRITE: only within what was mapped (a request may
+ * span adjacent mappings), never more than we announced we accept.
+ */
+static VFIOUserHdr *vfio_user_dma_rw(VFIOUserContainer *container,
+                                     VFIOUserMsg *req, uint32_t *error)
+{
+    AddressSpace *as = container->bcontainer.space->as;
+    bool write = req->hdr->command == VFIO_USER_DMA_WRITE;
+    VFIOUserDMARW *rw = (VFIOUserDMARW *)req->hdr;
+    g_autofree VFIOUserDMARW *reply = NULL;
+    size_t reply_size;
+    uint64_t done = 0;
+    MemTxResult res;
+
+    if (req->hdr->size < sizeof(*rw) || req->nfds ||
+        rw->count > VFIO_USER_CLIENT_MAX_XFER ||
+        (write && req->hdr->size - sizeof(*rw) != rw->count) ||
+        rw->offset + rw->count < rw->offset) {
+        *error = EINVAL;
+        return NULL;
+    }
+    while (done < rw->count) {
+        DMAMap want = { .iova = rw->offset + done, .size = 0 };
+        const DMAMap *map = iova_tree_find(container->mappings, &want);
+        uint64_t chunk;
+
+        if (!map || (write && map->perm == IOMMU_RO)) {
+            trace_vfio_user_dma_denied(container->proxy->sockname,
+                                       rw->offset, rw->count);
+            *error = EFAULT;
+            return NULL;
+        }
+        chunk = MIN(rw->count - done, map->iova + map->size - want.iova + 1);
+        done += chunk;
+    }
+
+    reply_size = sizeof(*reply) + (write ? 0 : rw->count);
+    reply = g_malloc0(reply_size);
+    reply->hdr.size = reply_size;
+    reply->offset = rw->offset;
+    reply->count = rw->count;
+    if (write) {
+        res = address_space_write(as, rw->offset, MEMTXATTRS_UNSPECIFIED,
+                                  rw->data, rw->count);
+    } else {
+        res = address_space_read(as, rw->offset, MEMTXATTRS_UNSPECIFIED,
+                                 reply->data, rw->count);
+    }
+    if (res != MEMTX_OK) {
+        *error = EFAULT;
+        return NULL;
+    }
+    trace_vfio_user_dma_rw(container->proxy->sockname, write, rw->offset,
+                           rw->count);
+    return (VFIOUserHdr *)g_steal_pointer(&reply);
+}
+
+static VFIOUserHdr *vfio_user_container_request(void *opaque,
+                                                VFIOUserMsg *req,
+                                                uint32_t *error)
+{
+    switch (req->hdr->command) {
+    case VFIO_USER_DMA_READ:
+    case VFIO_USER_DMA_WRITE:
+        return vfio_user_dma_rw(opaque, req, error);
+    default:
+        *error = ENOSYS;
+        return NULL;
+    }
+}
+
+static void vfio_user_container_detach(VFIODevice *vbasedev);
+
+static bool vfio_user_container_attach(const char *name, VFIODevice *vbasedev,
+                                       AddressSpace *as, Error **errp)
+{
+    VFIOUserDevice *udev = vbasedev->io_opaque;
+    VFIOContainerBase *bcontainer;
+    VFIOUserContainer *container;
+    VFIOAddressSpace *space;
+
+    space = vfio_get_address_space(as);
+    container = VFIO_IOMMU_USER(object_new(TYPE_VFIO_IOMMU_USER));
+    container->proxy = udev->proxy;
+    container->mappings = iova_tree_new();
+    bcontainer = &container->bcontainer;
+    bcontainer->pgsizes = qemu_real_host_page_size();
+    vfio_address_space_insert(space, bcontainer);
+    vfio_user_set_request_handler(udev->proxy, vfio_user_container_request,
+                                  container);
+
+    /* Devices are attached before mappings, like the kernel backends */
+    vbasedev->bcontainer = bcontainer;
+    QLIST_INSERT_HEAD(&bcontainer->device_list, vbasedev, container_next);
+    QLIST_INSERT_HEAD(&vfio_device_list, vbasedev, global_next);
+
+    bcontainer->listener = vfio_memory_listener;
+    memory_listener_register(&bcontainer->listener, space->as);
+    if (bcontainer->error) {
+        error_propagate_prepend(errp, bcontainer->error,
+                                "vfio-user %s: DMA mapping failed: ",
+                                udev->proxy->sockname);
+        bcontainer->error = NULL;
+        vfio_user_container_detach(vbasedev);
+        return false;
+    }
+    bcontainer->initialized = true;
+    return true;
+}
+
+static void vfio_user_container_detach(VFIODevice *vbasedev)
+{
+    VFIOContainerBase *bcontainer = vbasedev->bcontainer;
+    VFIOUserContainer *container = VFIO_IOMMU_USER(bcontainer);
+    VFIOAddressSpace *space = bcontainer->space;
+
+    memory_listener_unregister(&bcontainer->listener);
+    vfio_user_set_request_handler(container->proxy, NULL, NULL);
+    QLIST_REMOVE(vbasedev, global_next);
+    QLIST_REMOVE(vbasedev, container_next);
+    vbasedev->bcontainer = NULL;
+    iova_tree_destroy(container->mappings);
+    object_unref(container);
+    vfio_put_address_space(space);
+}
+
+static int vfio_user_pci_hot_reset(VFIODevice *vbasedev, bool single)
+{
+    /* A vfio-user device has no bus to reset beyond DEVICE_RESET */
+    return -ENOTSUP;
+}
+
+static void vfio_iommu_user_class_init(ObjectClass *klass, void *data)
+{
+    VFIOIOMMUClass *vioc = VFIO_IOMMU_CLASS(klass);
+
+    vioc->dma_map = vfio_user_dma_map;
+    vioc->dma_unmap = vfio_user_dma_unmap;
+    vioc->attach_device = vfio_user_container_attach;
+    vioc->detach_device = vfio_user_container_detach;
+    vioc->pci_hot_reset = vfio_user_pci_hot_reset;
+}
+
+static const TypeInfo types[] = {
+    {
+        .name = TYPE_VFIO_IOMMU_USER,
+        .parent = TYPE_VFIO_IOMMU,
+        .instance_size = sizeof(VFIOUserContainer),
+        .class_init = vfio_iommu_user_class_init,
+    },
+};
+
+DEFINE_TYPES(types)

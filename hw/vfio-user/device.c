@@ -1,0 +1,466 @@
+/*
+ * vfio-user device access: VFIODeviceIOOps over a vfio-user connection, so
+ * that hw/vfio's device code reaches a vfio-user server the way it reaches
+ * the kernel's VFIO driver.
+ *
+ * A server is not trusted: every reply is checked against the request and
+ * against its own length before anything in it is used.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+
+#include "hw/vfio-user/device.h"
+#include "qapi/error.h"
+#include "qemu/error-report.h"
+#include "qemu/units.h"
+#include "trace.h"
+
+/* Room enough for any region's capabilities */
+#define VFIO_USER_MAX_REGION_INFO   (64 * KiB)
+
+static VFIOUserDevice *vfio_user_dev(VFIODevice *vbasedev)
+{
+    return vbasedev->io_opaque;
+}
+
+/* Log why an operation failed; hw/vfio's callers only see the errno */
+static int vfio_user_io_failed(VFIODevice *vbasedev, int ret, Error *err)
+{
+    trace_vfio_user_io_failed(vbasedev->name, error_get_pretty(err));
+    error_free(err);
+    return ret;
+}
+
+/* The payload of a reply, which must hold at least @min bytes */
+static void *vfio_user_payload(VFIOUserMsg *reply, size_t min, size_t *len,
+                               Error **errp)
+{
+    size_t payload = reply->hdr->size - sizeof(VFIOUserHdr);
+
+    if (payload < min) {
+        error_setg(errp, "reply to command %u is too short: %zu < %zu bytes",
+                   reply->hdr->command, payload, min);
+        return NULL;
+    }
+    if (len) {
+        *len = payload;
+    }
+    return reply->hdr + 1;
+}
+
+/*
+ * hw/vfio walks region capability chains without bounds checks: make sure
+ * every capability the server sent lies inside what it sent.
+ */
+static bool vfio_user_check_region_caps(struct vfio_region_info *info,
+                                        size_t len, Error **errp)
+{
+    uint32_t off = info->cap_offset;
+    uint32_t min = sizeof(*info);
+
+    if (!(info->flags & VFIO_REGION_INFO_FLAG_CAPS)) {
+        return true;
+    }
+    while (off) {
+        struct vfio_info_cap_header *hdr = (void *)info + off;
+
+        if (off < min || off > len || len - off < sizeof(*hdr)) {
+            error_setg(errp, "region %u capability at %u is out of bounds",
+                       info->index, off);
+            return false;
+        }
+        if (hdr->id == VFIO_REGION_INFO_CAP_SPARSE_MMAP) {
+            struct vfio_region_info_cap_sparse_mmap *sparse = (void *)hdr;
+            uint32_t i;
+
+            if (len - off < sizeof(*sparse) ||
+                sparse->nr_areas > (len - off - sizeof(*sparse)) /
+                                   sizeof(sparse->areas[0])) {
+                error_setg(errp, "region %u sparse mmap areas are out of "
+                           "bounds", info->index);
+                return false;
+            }
+            for (i = 0; i < sparse->nr_areas; i++) {
+                if (sparse->areas[i].offset > info->size ||
+                    sparse->areas[i].size >
+                    info->size - sparse->areas[i].offset) {
+                    error_setg(errp, "region %u sparse mmap area %u lies "
+                               "outside the region", info->index, i);
+                    return false;
+                }
+            }
+        }
+        /* Strictly increasing offsets: no loops */
+        min = off + sizeof(*hdr);
+        off = hdr->next;
+    }
+    return true;
+}
+
+static int vfio_user_get_region_info(VFIODevice *vbasedev,
+                                     struct vfio_region_info *info)
+{
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    VFIOUserRegionInfo msg = { };
+    g_auto(VFIOUserMsg) reply = { };
+    struct vfio_region_info *rinfo;
+    VFIOUserRegion *region;
+    Error *err = NULL;
+    size_t len;
+    int ret;
+
+    if (info->index >= udev->num_regions) {
+        return -EINVAL;
+    }
+    vfio_user_request_init(&msg.hdr, VFIO_USER_DEVICE_GET_REGION_INFO,
+                           sizeof(msg));
+    msg.argsz = info->argsz;
+    msg.index = info->index;
+    ret = vfio_user_request(udev->proxy, &msg.hdr, NULL, 0, &reply, &err);
+    if (ret < 0) {
+        return vfio_user_io_failed(vbasedev, ret, err);
+    }
+
+    rinfo = vfio_user_payload(&reply, sizeof(*rinfo), &len, &err);
+    if (!rinfo) {
+        return vfio_user_io_failed(vbasedev, -EPROTO, err);
+    }
+    if (rinfo->index != info->index || reply.nfds > 1) {
+        error_setg(&err, "bad reply for region %u (index %u, %zu fds)",
+                   info->index, rinfo->index, reply.nfds);
+        return vfio_user_io_failed(vbasedev, -EPROTO, err);
+    }
+    if (rinfo->argsz < sizeof(*rinfo) ||
+        rinfo->argsz > VFIO_USER_MAX_REGION_INFO) {
+        error_setg(&err, "region %u info has invalid argsz %u",
+                   info->index, rinfo->argsz);
+        return vfio_user_io_failed(vbasedev, -EPROTO, err);
+    }
+
+    if (rinfo->argsz > info->argsz) {
+        /* No room for the capabilities: the caller retries with argsz */
+        memcpy(info, rinfo, sizeof(*info));
+        info->argsz = rinfo->argsz;
+        info->flags &= ~VFIO_REGION_INFO_FLAG_CAPS;
+    } else {
+        len = MIN(len, rinfo->argsz);
+        if (!vfio_user_check_region_caps(rinfo, len, &err)) {
+            return vfio_user_io_failed(vbasedev, -EPROTO, err);
+        }
+        memset(info, 0, info->argsz);
+        memcpy(info, rinfo, len);
+    }
+
+    region = &udev->regions[info->index];
+    region->offset = info->offset;
+    if (reply.nfds && (info->flags & VFIO_REGION_INFO_FLAG_MMAP)) {
+        if (region->fd >= 0) {
+            close(region->fd);
+        }
+        region->fd = reply.fds[0];
+        reply.nfds = 0;
+    } else if (info->flags & VFIO_REGION_INFO_FLAG_MMAP) {
+        /* Nothing to mmap() from: every access goes through messages */
+        info->flags &= ~VFIO_REGION_INFO_FLAG_MMAP;
+    }
+    trace_vfio_user_region_info(vbasedev->name, info->index, info->flags,
+                                info->size, info->offset, region->fd);
+    return 0;
+}
+
+static int vfio_user_region_mmap_fd(VFIODevice *vbasedev, int index)
+{
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+
+    return index < udev->num_regions ? udev->regions[index].fd : -1;
+}
+
+static int vfio_user_get_irq_info(VFIODevice *vbasedev,
+                                  struct vfio_irq_info *info)
+{
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    VFIOUserIRQInfo msg = { };
+    g_auto(VFIOUserMsg) reply = { };
+    struct vfio_irq_info *rinfo;
+    Error *err = NULL;
+    int ret;
+
+    if (info->index >= vbasedev->num_irqs) {
+        return -EINVAL;
+    }
+    vfio_user_request_init(&msg.hdr, VFIO_USER_DEVICE_GET_IRQ_INFO,
+                           sizeof(msg));
+    msg.argsz = sizeof(*info);
+    msg.index = info->index;
+    ret = vfio_user_request(udev->proxy, &msg.hdr, NULL, 0, &reply, &err);
+    if (ret < 0) {
+        return vfio_user_io_failed(vbasedev, ret, err);
+    }
+    rinfo = vfio_user_payload(&reply, sizeof(*rinfo), NULL, &err);
+    if (!rinfo) {
+        return vfio_user_io_failed(vbasedev, -EPROTO, err);
+    }
+    if (rinfo->index != info->index) {
+        error_setg(&err, "irq info reply for index %u, not %u",
+                   rinfo->index, info->index);
+        return vfio_user_io_failed(vbasedev, -EPROTO, err);
+    }
+    info->flags = rinfo->flags;
+    info->count = rinfo->count;
+    trace_vfio_user_irq_info(vbasedev->name, info->index, info->flags,
+                             info->count);
+    return 0;
+}
+
+static int vfio_user_send_irq_set(VFIODevice *vbasedev,
+                                  struct vfio_irq_set *irq_set,
+                                  uint32_t start, uint32_t count,
+                                  const void *data, size_t data_len,
+                                  const int *fds, size_t nfds)
+{
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    size_t size = sizeof(VFIOUserIRQSet) + data_len;
+    g_autofree VFIOUserIRQSet *msg = g_malloc0(size);
+    Error *err = NULL;
+    int ret;
+
+    vfio_user_request_init(&msg->hdr, VFIO_USER_DEVICE_SET_IRQS, size);
+    msg->argsz = size - sizeof(VFIOUserHdr);
+    msg->flags = irq_set->flags;
+    msg->index = irq_set->index;
+    msg->start = start;
+    msg->count = count;
+    memcpy(msg + 1, data, data_len);
+    ret = vfio_user_request(udev->proxy, &msg->hdr, fds, nfds, NULL, &err);
+    if (ret < 0) {
+        return vfio_user_io_failed(vbasedev, ret, err);
+    }
+    return 0;
+}
+
+/*
+ * Eventfds travel as SCM_RIGHTS, where -1 ("tear this vector down") cannot
+ * be expressed and at most max_send_fds fit: send runs of real fds in
+ * chunks the server accepts, and runs of -1 as "no fds" for their range.
+ */
+static int vfio_user_set_irqs(VFIODevice *vbasedev,
+                              struct vfio_irq_set *irq_set)
+{
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    const int32_t *fds = (const int32_t *)irq_set->data;
+    uint32_t max_fds = udev->proxy->max_send_fds;
+    uint32_t i, run;
+    int ret;
+
+    switch (irq_set->flags & VFIO_IRQ_SET_DATA_TYPE_MASK) {
+    case VFIO_IRQ_SET_DATA_NONE:
+        return vfio_user_send_irq_set(vbasedev, irq_set, irq_set->start,
+                                      irq_set->count, NULL, 0, NULL, 0);
+    case VFIO_IRQ_SET_DATA_BOOL:
+        return vfio_user_send_irq_set(vbasedev, irq_set, irq_set->start,
+                                      irq_set->count, irq_set->data,
+                                      irq_set->count, NULL, 0);
+    case VFIO_IRQ_SET_DATA_EVENTFD:
+        break;
+    default:
+        return -EINVAL;
+    }
+
+    for (i = 0; i < irq_set->count; i += run) {
+        bool assign = fds[i] >= 0;
+
+        for (run = 1; i + run < irq_set->count; run++) {
+            if ((fds[i + run] >= 0) != assign ||
+                (assign && run == max_fds)) {
+                break;
+            }
+        }
+        ret = vfio_user_send_irq_set(vbasedev, irq_set, irq_set->start + i,
+                                     run, NULL, 0, assign ? fds + i : NULL,
+                                     assign ? run : 0);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+static int vfio_user_region_offset(VFIODevice *vbasedev, uint8_t index,
+                                   off_t off, uint32_t size, uint64_t *rel)
+{
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+
+    if (index >= udev->num_regions || off < udev->regions[index].offset) {
+        return -EINVAL;
+    }
+    *rel = off - udev->regions[index].offset;
+    return 0;
+}
+
+static int vfio_user_region_read(VFIODevice *vbasedev, uint8_t index,
+                                 off_t off, uint32_t size, void *data)
+{
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    uint32_t done = 0;
+    uint64_t rel;
+    int ret;
+
+    ret = vfio_user_region_offset(vbasedev, index, off, size, &rel);
+    if (ret < 0) {
+        return ret;
+    }
+    while (done < size) {
+        uint32_t count = MIN(size - done, udev->proxy->max_xfer_size);
+        VFIOUserRegionRW msg = { };
+        g_auto(VFIOUserMsg) reply = { };
+        VFIOUserRegionRW *rw;
+        Error *err = NULL;
+
+        vfio_user_request_init(&msg.hdr, VFIO_USER_REGION_READ, sizeof(msg));
+        msg.offset = rel + done;
+        msg.region = index;
+        msg.count = count;
+        ret = vfio_user_request(udev->proxy, &msg.hdr, NULL, 0, &reply, &err);
+        if (ret < 0) {
+            return vfio_user_io_failed(vbasedev, ret, err);
+        }
+        if (!vfio_user_payload(&reply, sizeof(msg) - sizeof(msg.hdr) + count,
+                               NULL, &err)) {
+            return vfio_user_io_failed(vbasedev, -EPROTO, err);
+        }
+        rw = (VFIOUserRegionRW *)reply.hdr;
+        if (rw->count != count) {
+            error_setg(&err, "REGION_READ returned %u bytes, not %u",
+                       rw->count, count);
+            return vfio_user_io_failed(vbasedev, -EPROTO, err);
+        }
+        memcpy(data + done, rw->data, count);
+        done += count;
+    }
+    return done;
+}
+
+static int vfio_user_region_write(VFIODevice *vbasedev, uint8_t index,
+                                  off_t off, uint32_t size, const void *data)
+{
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    uint32_t done = 0;
+    uint64_t rel;
+    int ret;
+
+    ret = vfio_user_region_offset(vbasedev, index, off, size, &rel);
+    if (ret < 0) {
+        return ret;
+    }
+    while (done < size) {
+        uint32_t count = MIN(size - done, udev->proxy->max_xfer_size);
+        size_t msg_size = sizeof(VFIOUserRegionRW) + count;
+        g_autofree VFIOUserRegionRW *msg = g_malloc0(msg_size);
+        Error *err = NULL;
+
+        vfio_user_request_init(&msg->hdr, VFIO_USER_REGION_WRITE, msg_size);
+        msg->offset = rel + done;
+        msg->region = index;
+        msg->count = count;
+        memcpy(msg->data, data + done, count);
+        ret = vfio_user_request(udev->proxy, &msg->hdr, NULL, 0, NULL, &err);
+        if (ret < 0) {
+            return vfio_user_io_failed(vbasedev, ret, err);
+        }
+        done += count;
+    }
+    return done;
+}
+
+static int vfio_user_device_reset(VFIODevice *vbasedev)
+{
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    VFIOUserHdr msg;
+    Error *err = NULL;
+    int ret;
+
+    vfio_user_request_init(&msg, VFIO_USER_DEVICE_RESET, sizeof(msg));
+    ret = vfio_user_request(udev->proxy, &msg, NULL, 0, NULL, &err);
+    if (ret < 0) {
+        return vfio_user_io_failed(vbasedev, ret, err);
+    }
+    return 0;
+}
+
+const VFIODeviceIOOps vfio_user_device_io_ops = {
+    .get_region_info = vfio_user_get_region_info,
+    .region_mmap_fd = vfio_user_region_mmap_fd,
+    .get_irq_info = vfio_user_get_irq_info,
+    .set_irqs = vfio_user_set_irqs,
+    .region_read = vfio_user_region_read,
+    .region_write = vfio_user_region_write,
+    .device_reset = vfio_user_device_reset,
+};
+
+/*
+ * Make @vbasedev reach its device through @udev's connection, learning the
+ * device's shape (what VFIO_DEVICE_GET_INFO tells for a kernel device).
+ */
+bool vfio_user_device_attach(VFIODevice *vbasedev, VFIOUserDevice *udev,
+                             Error **errp)
+{
+    VFIOUserDeviceInfo msg = { };
+    g_auto(VFIOUserMsg) reply = { };
+    struct vfio_device_info *info;
+    unsigned int i;
+
+    vfio_user_request_init(&msg.hdr, VFIO_USER_DEVICE_GET_INFO, sizeof(msg));
+    msg.argsz = sizeof(msg) - sizeof(msg.hdr);
+    if (vfio_user_request(udev->proxy, &msg.hdr, NULL, 0, &reply, errp) < 0) {
+        return false;
+    }
+    info = vfio_user_payload(&reply, msg.argsz, NULL, errp);
+    if (!info) {
+        return false;
+    }
+    /* A PCI device has at least its config region and MSI-X index */
+    if (info->num_regions > VFIO_PCI_NUM_REGIONS + 64 ||
+        info->num_irqs > VFIO_PCI_NUM_IRQS + 64) {
+        error_setg(errp, "implausible device: %u regions, %u irq types",
+                   info->num_regions, info->num_irqs);
+        return false;
+    }
+    trace_vfio_user_device_info(vbasedev->name, info->flags,
+                                info->num_regions, info->num_irqs);
+
+    vbasedev->num_regions = info->num_regions;
+    vbasedev->num_irqs = info->num_irqs;
+    vbasedev->flags = info->flags;
+    vbasedev->reset_works = !!(info->flags & VFIO_DEVICE_FLAGS_RESET);
+
+    udev->num_regions = info->num_regions;
+    udev->regions = g_new0(VFIOUserRegion, udev->num_regions);
+    for (i = 0; i < udev->num_regions; i++) {
+        udev->regions[i].fd = -1;
+    }
+    vbasedev->io_ops = &vfio_user_device_io_ops;
+    vbasedev->io_opaque = udev;
+    return true;
+}
+
+void vfio_user_device_detach(VFIODevice *vbasedev)
+{
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    unsigned int i;
+
+    if (!udev) {
+        return;
+    }
+    for (i = 0; i < udev->num_regions; i++) {
+        if (udev->regions[i].fd >= 0) {
+            close(udev->regions[i].fd);
+        }
+    }
+    g_free(udev->regions);
+    udev->regions = NULL;
+    udev->num_regions = 0;
+    vbasedev->io_ops = &vfio_device_io_ops_ioctl;
+    vbasedev->io_opaque = NULL;
+}

@@ -1,0 +1,241 @@
+/*
+ * vfio-user-pci: a PCI device whose emulation runs in a vfio-user server.
+ *
+ * The guest-facing side is hw/vfio's PCI code (config space, BARs,
+ * interrupts, reset); this file only connects to the server and attaches
+ * the device to the vfio-user transport and IOMMU backend.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+
+#include "hw/pci/pci.h"
+#include "hw/qdev-properties.h"
+#include "hw/vfio/pci.h"
+#include "hw/vfio-user/container.h"
+#include "hw/vfio-user/device.h"
+#include "qapi/clone-visitor.h"
+#include "qapi/error.h"
+#include "qapi/qapi-visit-sockets.h"
+#include "qapi/visitor.h"
+#include "qemu/error-report.h"
+#include "trace.h"
+
+#define TYPE_VFIO_USER_PCI "vfio-user-pci"
+OBJECT_DECLARE_SIMPLE_TYPE(VFIOUserPCIDevice, VFIO_USER_PCI)
+
+/* Long enough for a server that is busy, short enough to notice a hang */
+#define VFIO_USER_DEFAULT_TIMEOUT_MS 5000
+
+struct VFIOUserPCIDevice {
+    VFIOPCIDevice parent_obj;
+
+    SocketAddress *socket;
+    /* -device's flat syntax: socket.type=...,socket.path=...|socket.str= */
+    char *socket_type;
+    char *socket_path;
+    char *socket_str;
+    uint32_t timeout_ms;
+
+    VFIOUserDevice udev;
+};
+
+/* The socket to connect to, from whichever syntax the user chose */
+static SocketAddress *vfio_user_pci_socket(VFIOUserPCIDevice *dev,
+                                           Error **errp)
+{
+    SocketAddress *addr;
+
+    if (dev->socket) {
+        if (dev->socket_type || dev->socket_path || dev->socket_str) {
+            error_setg(errp, "use either 'socket' or 'socket.*', not both");
+            return NULL;
+        }
+        return QAPI_CLONE(SocketAddress, dev->socket);
+    }
+    if (!dev->socket_type && !dev->socket_path && !dev->socket_str) {
+        error_setg(errp, "'socket' is required");
+        error_append_hint(errp, "Use socket=PATH, socket.type=unix,"
+                          "socket.path=PATH or socket.type=fd,socket.str=FD\n");
+        return NULL;
+    }
+
+    addr = g_new0(SocketAddress, 1);
+    if (!dev->socket_type || !strcmp(dev->socket_type, "unix")) {
+        if (!dev->socket_path || dev->socket_str) {
+            error_setg(errp, "socket.type=unix needs socket.path (only)");
+            goto fail;
+        }
+        addr->type = SOCKET_ADDRESS_TYPE_UNIX;
+        addr->u.q_unix.path = g_strdup(dev->socket_path);
+    } else if (!strcmp(dev->socket_type, "fd")) {
+        if (!dev->socket_str || dev->socket_path) {
+            error_setg(errp, "socket.type=fd needs socket.str (only)");
+            goto fail;
+        }
+        addr->type = SOCKET_ADDRESS_TYPE_FD;
+        addr->u.fd.str = g_strdup(dev->socket_str);
+    } else {
+        error_setg(errp, "socket.type must be 'unix' or 'fd', not '%s'",
+                   dev->socket_type);
+        goto fail;
+    }
+    return addr;
+
+fail:
+    qapi_free_SocketAddress(addr);
+    return NULL;
+}
+
+static void vfio_user_pci_realize(PCIDevice *pdev, Error **errp)
+{
+    ERRP_GUARD();
+    VFIOUserPCIDevice *dev = VFIO_USER_PCI(pdev);
+    VFIOPCIDevice *vdev = VFIO_PCI_BASE(pdev);
+    VFIODevice *vbasedev = &vdev->vbasedev;
+    g_autoptr(SocketAddress) addr = NULL;
+    const VFIOIOMMUClass *ops =
+        VFIO_IOMMU_CLASS(object_class_by_name(TYPE_VFIO_IOMMU_USER));
+
+    addr = vfio_user_pci_socket(dev, errp);
+    if (!addr) {
+        error_prepend(errp, TYPE_VFIO_USER_PCI ": ");
+        return;
+    }
+    if (!dev->timeout_ms) {
+        error_setg(errp, TYPE_VFIO_USER_PCI ": x-request-timeout-ms must "
+                   "not be 0");
+        return;
+    }
+
+    dev->udev.proxy = vfio_user_connect(addr, dev->timeout_ms, errp);
+    if (!dev->udev.proxy) {
+        return;
+    }
+    vbasedev->name = g_strdup_printf("vfio-user:%s",
+                                     dev->udev.proxy->sockname);
+    trace_vfio_user_pci_realize(vbasedev->name);
+
+    if (!vfio_user_negotiate(dev->udev.proxy, errp)) {
+        return;
+    }
+    if (!vfio_user_device_attach(vbasedev, &dev->udev, errp)) {
+        goto error;
+    }
+    if (!ops->attach_device(vbasedev->name, vbasedev,
+                            pci_device_iommu_address_space(pdev), errp)) {
+        goto error;
+    }
+    if (!vfio_pci_device_setup(vdev, errp)) {
+        goto error;
+    }
+    return;
+
+error:
+    error_prepend(errp, VFIO_MSG_PREFIX, vbasedev->name);
+}
+
+static void vfio_user_pci_instance_init(Object *obj)
+{
+    /* Display support is for kernel vGPUs (dma-bufs, gfx planes) */
+    VFIO_PCI_BASE(obj)->display = ON_OFF_AUTO_OFF;
+}
+
+/*
+ * Runs before vfio-pci-base's finalize: detach from the backend while the
+ * connection its DMA_UNMAPs travel on still exists, then close it.
+ */
+static void vfio_user_pci_instance_finalize(Object *obj)
+{
+    VFIOUserPCIDevice *dev = VFIO_USER_PCI(obj);
+    VFIODevice *vbasedev = &VFIO_PCI_BASE(obj)->vbasedev;
+
+    vfio_detach_device(vbasedev);
+    vfio_user_device_detach(vbasedev);
+    if (dev->udev.proxy) {
+        vfio_user_disconnect(dev->udev.proxy);
+        dev->udev.proxy = NULL;
+    }
+    qapi_free_SocketAddress(dev->socket);
+}
+
+/* socket=PATH, or a SocketAddress object (JSON -device, QMP device_add) */
+static void vfio_user_pci_set_socket(Object *obj, Visitor *v,
+                                     const char *name, void *opaque,
+                                     Error **errp)
+{
+    VFIOUserPCIDevice *dev = VFIO_USER_PCI(obj);
+    g_autoptr(SocketAddress) addr = NULL;
+    GenericAlternate *alt = NULL;
+    QType type;
+    char *path;
+
+    if (!visit_start_alternate(v, name, &alt, sizeof(*alt), errp)) {
+        return;
+    }
+    type = alt ? alt->type : QTYPE_NONE;
+    visit_end_alternate(v, (void **)&alt);
+    g_free(alt);
+
+    if (type == QTYPE_QSTRING) {
+        if (!visit_type_str(v, name, &path, errp)) {
+            return;
+        }
+        addr = g_new0(SocketAddress, 1);
+        addr->type = SOCKET_ADDRESS_TYPE_UNIX;
+        addr->u.q_unix.path = path;
+    } else if (!visit_type_SocketAddress(v, name, &addr, errp)) {
+        return;
+    }
+    qapi_free_SocketAddress(dev->socket);
+    dev->socket = g_steal_pointer(&addr);
+}
+
+static const Property vfio_user_pci_properties[] = {
+    DEFINE_PROP_STRING("socket.type", VFIOUserPCIDevice, socket_type),
+    DEFINE_PROP_STRING("socket.path", VFIOUserPCIDevice, socket_path),
+    DEFINE_PROP_STRING("socket.str", VFIOUserPCIDevice, socket_str),
+    DEFINE_PROP_UINT32("x-request-timeout-ms", VFIOUserPCIDevice,
+                       timeout_ms, VFIO_USER_DEFAULT_TIMEOUT_MS),
+};
+
+static void vfio_user_pci_class_init(ObjectClass *klass, void *data)
+{
+    DeviceClass *dc = DEVICE_CLASS(klass);
+    PCIDeviceClass *pdc = PCI_DEVICE_CLASS(klass);
+
+    device_class_set_props(dc, vfio_user_pci_properties);
+    object_class_property_add(klass, "socket", "SocketAddress", NULL,
+                              vfio_user_pci_set_socket, NULL, NULL);
+    object_class_property_set_description(klass, "socket",
+        "UNIX socket of the vfio-user server: a path, or a SocketAddress "
+        "of type 'unix' or 'fd'");
+    object_class_property_set_description(klass, "socket.type",
+        "'unix' or 'fd', for -device's flat syntax");
+    object_class_property_set_description(klass, "socket.path",
+        "Path of the server's socket, with socket.type=unix");
+    object_class_property_set_description(klass, "socket.str",
+        "Name of an fd passed with getfd, or its number, with "
+        "socket.type=fd");
+    object_class_property_set_description(klass, "x-request-timeout-ms",
+        "How long to wait for the server's reply to each request (ms)");
+    dc->desc = "vfio-user PCI device: device emulated by a vfio-user server";
+    pdc->realize = vfio_user_pci_realize;
+}
+
+static const TypeInfo vfio_user_pci_info = {
+    .name = TYPE_VFIO_USER_PCI,
+    .parent = TYPE_VFIO_PCI_BASE,
+    .instance_size = sizeof(VFIOUserPCIDevice),
+    .class_init = vfio_user_pci_class_init,
+    .instance_init = vfio_user_pci_instance_init,
+    .instance_finalize = vfio_user_pci_instance_finalize,
+};
+
+static void register_vfio_user_pci(void)
+{
+    type_register_static(&vfio_user_pci_info);
+}
+
+type_init(register_vfio_user_pci)

@@ -1,0 +1,604 @@
+/*
+ * vfio-user client connection: one UNIX socket to a vfio-user server.
+ *
+ * Every exchange happens with the BQL held: requests are sent from the
+ * thread that needs the answer (realize, a vCPU's MMIO access, a memory
+ * listener) and their reply is awaited in place, while requests the server
+ * sends in the meantime (DMA_READ, DMA_WRITE) are served from the same
+ * loop.  When no request is outstanding, a main-loop fd handler serves the
+ * server's requests and notices when the server goes away.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include <poll.h>
+
+#include "hw/vfio-user/proxy.h"
+#include "qapi/error.h"
+#include "qemu/error-report.h"
+#include "qemu/main-loop.h"
+#include "qemu/timer.h"
+#include "qobject/qdict.h"
+#include "qobject/qjson.h"
+#include "qobject/qnum.h"
+#include "qobject/qstring.h"
+#include "trace.h"
+
+/*
+ * The largest message a server may send us: a data transfer of the size we
+ * advertised plus its header, or a region info reply with capabilities.
+ */
+#define VFIO_USER_MAX_RECV_SIZE  (VFIO_USER_CLIENT_MAX_XFER + 4096)
+
+static const char *vfio_user_command_name(uint16_t command)
+{
+    static const char *const names[VFIO_USER_MAX] = {
+        [VFIO_USER_VERSION] = "VERSION",
+        [VFIO_USER_DMA_MAP] = "DMA_MAP",
+        [VFIO_USER_DMA_UNMAP] = "DMA_UNMAP",
+        [VFIO_USER_DEVICE_GET_INFO] = "DEVICE_GET_INFO",
+        [VFIO_USER_DEVICE_GET_REGION_INFO] = "DEVICE_GET_REGION_INFO",
+        [VFIO_USER_DEVICE_GET_REGION_IO_FDS] = "DEVICE_GET_REGION_IO_FDS",
+        [VFIO_USER_DEVICE_GET_IRQ_INFO] = "DEVICE_GET_IRQ_INFO",
+        [VFIO_USER_DEVICE_SET_IRQS] = "DEVICE_SET_IRQS",
+        [VFIO_USER_REGION_READ] = "REGION_READ",
+        [VFIO_USER_REGION_WRITE] = "REGION_WRITE",
+        [VFIO_USER_DMA_READ] = "DMA_READ",
+        [VFIO_USER_DMA_WRITE] = "DMA_WRITE",
+        [VFIO_USER_DEVICE_RESET] = "DEVICE_RESET",
+        [VFIO_USER_DIRTY_PAGES] = "DIRTY_PAGES",
+        [VFIO_USER_REGION_WRITE_MULTI] = "REGION_WRITE_MULTI",
+        [VFIO_USER_DEVICE_FEATURE] = "DEVICE_FEATURE",
+        [VFIO_USER_MIG_DATA_READ] = "MIG_DATA_READ",
+        [VFIO_USER_MIG_DATA_WRITE] = "MIG_DATA_WRITE",
+    };
+
+    if (command < VFIO_USER_MAX && names[command]) {
+        return names[command];
+    }
+    return "UNKNOWN";
+}
+
+void vfio_user_msg_free(VFIOUserMsg *msg)
+{
+    size_t i;
+
+    for (i = 0; i < msg->nfds; i++) {
+        close(msg->fds[i]);
+    }
+    g_free(msg->fds);
+    g_free(msg->hdr);
+    msg->fds = NULL;
+    msg->nfds = 0;
+    msg->hdr = NULL;
+}
+
+static int vfio_user_fd(VFIOUserProxy *proxy)
+{
+    return QIO_CHANNEL_SOCKET(proxy->ioc)->fd;
+}
+
+static void vfio_user_readable(void *opaque);
+
+/*
+ * The server went away or broke the protocol: stop talking to it.  The
+ * device stays in place; its accesses fail from now on.
+ */
+static void vfio_user_connection_lost(VFIOUserProxy *proxy, Error *err)
+{
+    if (!proxy->connected) {
+        error_free(err);
+        return;
+    }
+    proxy->connected = false;
+    qemu_set_fd_handler(vfio_user_fd(proxy), NULL, NULL, NULL);
+    qio_channel_shutdown(proxy->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+    trace_vfio_user_connection_lost(proxy->sockname);
+    error_prepend(&err, "vfio-user %s: connection lost: ", proxy->sockname);
+    error_report_err(err);
+}
+
+/* Wait until the socket is readable; -ETIMEDOUT once @deadline_ms passes */
+static int vfio_user_wait_readable(VFIOUserProxy *proxy, int64_t deadline_ms)
+{
+    struct pollfd pfd = { .fd = vfio_user_fd(proxy), .events = POLLIN };
+    int64_t left;
+    int ret;
+
+    do {
+        left = deadline_ms - qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+        if (left <= 0) {
+            return -ETIMEDOUT;
+        }
+        ret = poll(&pfd, 1, MIN(left, INT_MAX));
+    } while (ret < 0 && errno == EINTR);
+
+    if (ret < 0) {
+        return -errno;
+    }
+    return ret ? 0 : -ETIMEDOUT;
+}
+
+/*
+ * Read exactly @len bytes into @buf, collecting any fds into @msg.
+ * With @may_block false, return -EAGAIN if nothing at all is available.
+ */
+static int vfio_user_read_all(VFIOUserProxy *proxy, void *buf, size_t len,
+                              VFIOUserMsg *msg, bool may_block,
+                              int64_t deadline_ms, Error **errp)
+{
+    size_t done = 0;
+
+    while (done < len) {
+        struct iovec iov = { .iov_base = buf + done, .iov_len = len - done };
+        g_autofree int *fds = NULL;
+        size_t nfds = 0;
+        ssize_t ret;
+        int wait;
+
+        ret = qio_channel_readv_full(proxy->ioc, &iov, 1, &fds, &nfds, 0,
+                                     errp);
+        if (nfds) {
+            msg->fds = g_renew(int, msg->fds, msg->nfds + nfds);
+            memcpy(msg->fds + msg->nfds, fds, nfds * sizeof(int));
+            msg->nfds += nfds;
+        }
+        if (ret == QIO_CHANNEL_ERR_BLOCK) {
+            if (!done && !may_block) {
+                return -EAGAIN;
+            }
+            wait = vfio_user_wait_readable(proxy, deadline_ms);
+            if (wait == -ETIMEDOUT) {
+                error_setg(errp, "no message from the server within %u ms",
+                           proxy->timeout_ms);
+                return wait;
+            } else if (wait < 0) {
+                error_setg_errno(errp, -wait, "cannot poll the socket");
+                return wait;
+            }
+            continue;
+        }
+        if (ret < 0) {
+            return -EIO;
+        }
+        if (ret == 0) {
+            error_setg(errp, "the server closed the connection");
+            return -ECONNRESET;
+        }
+        done += ret;
+    }
+    return 0;
+}
+
+/* Receive one whole message; every length is checked before it is used */
+static int vfio_user_recv(VFIOUserProxy *proxy, VFIOUserMsg *msg,
+                          bool may_block, int64_t deadline_ms, Error **errp)
+{
+    VFIOUserHdr hdr;
+    int ret;
+
+    ret = vfio_user_read_all(proxy, &hdr, sizeof(hdr), msg, may_block,
+                             deadline_ms, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (hdr.size < sizeof(hdr) || hdr.size > VFIO_USER_MAX_RECV_SIZE) {
+        error_setg(errp, "message %s (id %u) has invalid size %u",
+                   vfio_user_command_name(hdr.command), hdr.id, hdr.size);
+        return -EPROTO;
+    }
+    if (msg->nfds > VFIO_USER_CLIENT_MAX_FDS) {
+        error_setg(errp, "message %s (id %u) carries %zu fds, more than "
+                   "the %u announced", vfio_user_command_name(hdr.command),
+                   hdr.id, msg->nfds, VFIO_USER_CLIENT_MAX_FDS);
+        return -EPROTO;
+    }
+
+    msg->hdr = g_malloc(hdr.size);
+    *msg->hdr = hdr;
+    ret = vfio_user_read_all(proxy, msg->hdr + 1, hdr.size - sizeof(hdr),
+                             msg, true, deadline_ms, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    trace_vfio_user_recv(proxy->sockname, hdr.id,
+                         vfio_user_command_name(hdr.command), hdr.size,
+                         hdr.flags, msg->nfds);
+    return 0;
+}
+
+static int vfio_user_send(VFIOUserProxy *proxy, VFIOUserHdr *hdr,
+                          const int *fds, size_t nfds, Error **errp)
+{
+    struct iovec iov = { .iov_base = hdr, .iov_len = hdr->size };
+
+    trace_vfio_user_send(proxy->sockname, hdr->id,
+                         vfio_user_command_name(hdr->command), hdr->size,
+                         hdr->flags, nfds);
+    if (qio_channel_writev_full_all(proxy->ioc, &iov, 1, (int *)fds, nfds, 0,
+                                    errp) < 0) {
+        return -EIO;
+    }
+    return 0;
+}
+
+/* Serve a request from the server and send its reply */
+static int vfio_user_serve_request(VFIOUserProxy *proxy, VFIOUserMsg *req,
+                                   Error **errp)
+{
+    g_autofree VFIOUserHdr *reply = NULL;
+    VFIOUserHdr error_reply;
+    uint32_t error = ENOSYS;
+
+    if (proxy->request_handler) {
+        reply = proxy->request_handler(proxy->request_opaque, req, &error);
+    }
+    if (req->hdr->flags & VFIO_USER_NO_REPLY) {
+        return 0;
+    }
+    if (!reply) {
+        trace_vfio_user_request_failed(proxy->sockname, req->hdr->id,
+                                   vfio_user_command_name(req->hdr->command),
+                                   error);
+        error_reply = (VFIOUserHdr) {
+            .size = sizeof(error_reply),
+            .flags = VFIO_USER_ERROR,
+            .error_reply = error,
+        };
+        reply = g_memdup2(&error_reply, sizeof(error_reply));
+    }
+    reply->id = req->hdr->id;
+    reply->command = req->hdr->command;
+    reply->flags |= VFIO_USER_REPLY;
+    return vfio_user_send(proxy, reply, NULL, 0, errp);
+}
+
+/* A message arrived that nobody is waiting for */
+static int vfio_user_dispatch(VFIOUserProxy *proxy, VFIOUserMsg *msg,
+                              Error **errp)
+{
+    switch (msg->hdr->flags & VFIO_USER_TYPE_MASK) {
+    case VFIO_USER_REQUEST:
+        return vfio_user_serve_request(proxy, msg, errp);
+    case VFIO_USER_REPLY:
+        /* The reply to a request that timed out: its caller has gone */
+        trace_vfio_user_stale_reply(proxy->sockname, msg->hdr->id,
+                                    vfio_user_command_name(msg->hdr->command));
+        return 0;
+    default:
+        error_setg(errp, "message with unknown type 0x%x",
+                   msg->hdr->flags & VFIO_USER_TYPE_MASK);
+        return -EPROTO;
+    }
+}
+
+static void vfio_user_readable(void *opaque)
+{
+    VFIOUserProxy *proxy = opaque;
+    int64_t deadline = qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                       proxy->timeout_ms;
+
+    while (proxy->connected) {
+        g_auto(VFIOUserMsg) msg = { };
+        Error *err = NULL;
+        int ret;
+
+        ret = vfio_user_recv(proxy, &msg, false, deadline, &err);
+        if (ret == -EAGAIN) {
+            return;
+        }
+        if (ret == 0) {
+            ret = vfio_user_dispatch(proxy, &msg, &err);
+        }
+        if (ret < 0) {
+            vfio_user_connection_lost(proxy, err);
+            return;
+        }
+    }
+}
+
+void vfio_user_request_init(VFIOUserHdr *hdr, uint16_t command, uint32_t size)
+{
+    *hdr = (VFIOUserHdr) {
+        .command = command,
+        .size = size,
+        .flags = VFIO_USER_REQUEST,
+    };
+}
+
+/*
+ * Send @req with @fds and wait for its reply, serving the server's own
+ * requests meanwhile.  On success, the reply is in @reply (if not NULL;
+ * free it with vfio_user_msg_free()).  Returns 0 or a negative errno.
+ */
+int vfio_user_request(VFIOUserProxy *proxy, VFIOUserHdr *req,
+                      const int *fds, size_t nfds, VFIOUserMsg *reply,
+                      Error **errp)
+{
+    const char *name = vfio_user_command_name(req->command);
+    int64_t deadline;
+    Error *err = NULL;
+    int ret;
+
+    if (!proxy->connected) {
+        error_setg(errp, "vfio-user %s: not connected", proxy->sockname);
+        return -ENOTCONN;
+    }
+    if (nfds > proxy->max_send_fds) {
+        error_setg(errp, "vfio-user %s: %s needs %zu fds, the server "
+                   "accepts %u", proxy->sockname, name, nfds,
+                   proxy->max_send_fds);
+        return -E2BIG;
+    }
+
+    req->id = proxy->next_id++;
+    ret = vfio_user_send(proxy, req, fds, nfds, &err);
+    deadline = qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + proxy->timeout_ms;
+
+    while (ret == 0) {
+        g_auto(VFIOUserMsg) msg = { };
+
+        ret = vfio_user_recv(proxy, &msg, true, deadline, &err);
+        if (ret == -ETIMEDOUT) {
+            /* The server is slow, not necessarily gone: keep the link */
+            error_propagate_prepend(errp, err,
+                                    "vfio-user %s: %s (id %u) failed: ",
+                                    proxy->sockname, name, req->id);
+            return ret;
+        }
+        if (ret < 0) {
+            break;
+        }
+        if ((msg.hdr->flags & VFIO_USER_TYPE_MASK) != VFIO_USER_REPLY ||
+            msg.hdr->id != req->id) {
+            ret = vfio_user_dispatch(proxy, &msg, &err);
+            continue;
+        }
+        if (msg.hdr->command != req->command) {
+            error_setg(&err, "reply to %s (id %u) is for %s", name, req->id,
+                       vfio_user_command_name(msg.hdr->command));
+            ret = -EPROTO;
+            break;
+        }
+        if (msg.hdr->flags & VFIO_USER_ERROR) {
+            ret = msg.hdr->error_reply ? -(int)msg.hdr->error_reply : -EINVAL;
+            error_setg_errno(errp, -ret, "vfio-user %s: server failed %s",
+                             proxy->sockname, name);
+            return ret;
+        }
+        if (reply) {
+            *reply = msg;
+            msg = (VFIOUserMsg) { };
+        }
+        return 0;
+    }
+
+    /* The link is unusable: say why once, then fail this request */
+    error_prepend(&err, "%s (id %u): ", name, req->id);
+    error_setg(errp, "vfio-user %s: %s failed: %s", proxy->sockname, name,
+               error_get_pretty(err));
+    vfio_user_connection_lost(proxy, err);
+    return ret;
+}
+
+void vfio_user_set_request_handler(VFIOUserProxy *proxy,
+                                   VFIOUserRequestHandler *handler,
+                                   void *opaque)
+{
+    proxy->request_handler = handler;
+    proxy->request_opaque = opaque;
+}
+
+VFIOUserProxy *vfio_user_connect(SocketAddress *addr, uint32_t timeout_ms,
+                                 Error **errp)
+{
+    g_autoptr(QIOChannelSocket) sioc = NULL;
+    g_autofree char *sockname = NULL;
+    VFIOUserProxy *proxy;
+
+    switch (addr->type) {
+    case SOCKET_ADDRESS_TYPE_UNIX:
+        sockname = g_strdup(addr->u.q_unix.path);
+        break;
+    case SOCKET_ADDRESS_TYPE_FD:
+        sockname = g_strdup_printf("fd:%s", addr->u.fd.str);
+        break;
+    default:
+        error_setg(errp, "vfio-user: the socket must be a UNIX socket "
+                   "(type 'unix' or 'fd')");
+        return NULL;
+    }
+
+    sioc = qio_channel_socket_new();
+    if (qio_channel_socket_connect_sync(sioc, addr, errp) < 0) {
+        error_prepend(errp, "vfio-user %s: ", sockname);
+        return NULL;
+    }
+    if (!qio_channel_has_feature(QIO_CHANNEL(sioc),
+                                 QIO_CHANNEL_FEATURE_FD_PASS)) {
+        error_setg(errp, "vfio-user %s: not a UNIX socket", sockname);
+        return NULL;
+    }
+    qio_channel_set_name(QIO_CHANNEL(sioc), "vfio-user");
+    if (qio_channel_set_blocking(QIO_CHANNEL(sioc), false, errp) < 0) {
+        return NULL;
+    }
+
+    proxy = g_new0(VFIOUserProxy, 1);
+    proxy->ioc = QIO_CHANNEL(g_steal_pointer(&sioc));
+    proxy->sockname = g_steal_pointer(&sockname);
+    proxy->timeout_ms = timeout_ms;
+    proxy->connected = true;
+    /* Until the server says otherwise */
+    proxy->max_send_fds = VFIO_USER_DEF_MAX_FDS;
+    proxy->max_xfer_size = VFIO_USER_DEF_MAX_XFER;
+    trace_vfio_user_connect(proxy->sockname);
+    return proxy;
+}
+
+void vfio_user_disconnect(VFIOUserProxy *proxy)
+{
+    if (proxy->connected) {
+        qemu_set_fd_handler(vfio_user_fd(proxy), NULL, NULL, NULL);
+        qio_channel_shutdown(proxy->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+    }
+    trace_vfio_user_disconnect(proxy->sockname);
+    qio_channel_close(proxy->ioc, NULL);
+    object_unref(OBJECT(proxy->ioc));
+    g_free(proxy->sockname);
+    g_free(proxy);
+}
+
+static bool vfio_user_cap_uint(QDict *caps, const char *key, uint64_t min,
+                               uint64_t max, uint64_t *value, Error **errp)
+{
+    QObject *obj = qdict_get(caps, key);
+    QNum *num = qobject_to(QNum, obj);
+
+    if (!obj) {
+        return true;
+    }
+    if (!num || !qnum_get_try_uint(num, value) ||
+        *value < min || *value > max) {
+        error_setg(errp, "capability '%s' must be an integer in "
+                   "[%" PRIu64 ", %" PRIu64 "]", key, min, max);
+        return false;
+    }
+    return true;
+}
+
+/* Take what the server can do from its VERSION reply's JSON */
+static bool vfio_user_parse_caps(VFIOUserProxy *proxy, const char *json,
+                                 Error **errp)
+{
+    g_autoptr(QDict) top = NULL;
+    QDict *caps, *migration;
+    QObject *obj, *entry;
+    uint64_t value;
+
+    obj = qobject_from_json(json, errp);
+    if (!obj) {
+        return false;
+    }
+    top = qobject_to(QDict, obj);
+    if (!top) {
+        qobject_unref(obj);
+        error_setg(errp, "version data is not a JSON object");
+        return false;
+    }
+    entry = qdict_get(top, "capabilities");
+    if (!entry) {
+        return true;
+    }
+    caps = qobject_to(QDict, entry);
+    if (!caps) {
+        error_setg(errp, "'capabilities' is not a JSON object");
+        return false;
+    }
+
+    value = proxy->max_send_fds;
+    if (!vfio_user_cap_uint(caps, "max_msg_fds", 1, UINT16_MAX, &value,
+                            errp)) {
+        return false;
+    }
+    proxy->max_send_fds = value;
+
+    value = proxy->max_xfer_size;
+    if (!vfio_user_cap_uint(caps, "max_data_xfer_size", 1, UINT32_MAX,
+                            &value, errp)) {
+        return false;
+    }
+    /* We never send more than we accept ourselves */
+    proxy->max_xfer_size = MIN(value, VFIO_USER_CLIENT_MAX_XFER);
+
+    entry = qdict_get(caps, "migration");
+    if (entry) {
+        migration = qobject_to(QDict, entry);
+        if (!migration) {
+            error_setg(errp, "'migration' is not a JSON object");
+            return false;
+        }
+        value = VFIO_USER_DEF_PGSIZE;
+        if (!vfio_user_cap_uint(migration, "pgsize", 1, UINT32_MAX, &value,
+                                errp)) {
+            return false;
+        }
+        proxy->migr_pgsize = value;
+    }
+    return true;
+}
+
+static char *vfio_user_caps_json(void)
+{
+    g_autoptr(QDict) top = qdict_new();
+    QDict *caps = qdict_new();
+    g_autoptr(GString) json = NULL;
+
+    qdict_put_int(caps, "max_msg_fds", VFIO_USER_CLIENT_MAX_FDS);
+    qdict_put_int(caps, "max_data_xfer_size", VFIO_USER_CLIENT_MAX_XFER);
+    qdict_put(top, "capabilities", caps);
+    json = qobject_to_json(QOBJECT(top));
+    return g_string_free(g_steal_pointer(&json), false);
+}
+
+/*
+ * Agree on the protocol version and learn what the server accepts.  On
+ * success, start serving the server's requests from the main loop.
+ */
+bool vfio_user_negotiate(VFIOUserProxy *proxy, Error **errp)
+{
+    g_autofree char *json = vfio_user_caps_json();
+    g_autofree VFIOUserVersion *msg = NULL;
+    g_auto(VFIOUserMsg) reply = { };
+    VFIOUserVersion *version;
+    size_t size = sizeof(*msg) + strlen(json) + 1;
+    size_t caps_len;
+
+    msg = g_malloc0(size);
+    vfio_user_request_init(&msg->hdr, VFIO_USER_VERSION, size);
+    msg->major = VFIO_USER_MAJOR_VER;
+    msg->minor = VFIO_USER_MINOR_VER;
+    memcpy(msg->capabilities, json, strlen(json) + 1);
+
+    if (vfio_user_request(proxy, &msg->hdr, NULL, 0, &reply, errp) < 0) {
+        error_prepend(errp, "version negotiation failed: ");
+        return false;
+    }
+
+    if (reply.hdr->size < sizeof(*version)) {
+        error_setg(errp, "vfio-user %s: VERSION reply is too short (%u bytes)",
+                   proxy->sockname, reply.hdr->size);
+        return false;
+    }
+    version = (VFIOUserVersion *)reply.hdr;
+    if (version->major != VFIO_USER_MAJOR_VER ||
+        version->minor > VFIO_USER_MINOR_VER) {
+        error_setg(errp, "vfio-user %s: server speaks protocol version "
+                   "%u.%u, this client speaks %u.%u", proxy->sockname,
+                   version->major, version->minor, VFIO_USER_MAJOR_VER,
+                   VFIO_USER_MINOR_VER);
+        return false;
+    }
+    proxy->minor = version->minor;
+
+    caps_len = reply.hdr->size - sizeof(*version);
+    if (caps_len) {
+        if (version->capabilities[caps_len - 1] != '\0') {
+            error_setg(errp, "vfio-user %s: capabilities are not "
+                       "NUL-terminated", proxy->sockname);
+            return false;
+        }
+        if (!vfio_user_parse_caps(proxy, version->capabilities, errp)) {
+            error_prepend(errp, "vfio-user %s: malformed capabilities: ",
+                          proxy->sockname);
+            return false;
+        }
+    }
+    trace_vfio_user_version(proxy->sockname, version->major, version->minor,
+                            proxy->max_send_fds, proxy->max_xfer_size);
+
+    qemu_set_fd_handler(vfio_user_fd(proxy), vfio_user_readable, NULL,
+                        proxy);
+    return true;
+}

@@ -1,0 +1,23 @@
+/*
+ * vfio-user IOMMU backend: guest memory as a vfio-user server sees it.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef HW_VFIO_USER_CONTAINER_H
+#define HW_VFIO_USER_CONTAINER_H
+
+#include "qemu/iova-tree.h"
+#include "hw/vfio/vfio-common.h"
+#include "hw/vfio-user/proxy.h"
+
+typedef struct VFIOUserContainer {
+    VFIOContainerBase bcontainer;
+    VFIOUserProxy *proxy;
+    IOVATree *mappings;     /* what the server was given, by IOVA */
+} VFIOUserContainer;
+
+#define TYPE_VFIO_IOMMU_USER TYPE_VFIO_IOMMU "-user"
+OBJECT_DECLARE_SIMPLE_TYPE(VFIOUserContainer, VFIO_IOMMU_USER)
+
+#endif /* HW_VFIO_USER_CONTAINER_H */

@@ -1,0 +1,31 @@
+/*
+ * vfio-user device access: VFIODeviceIOOps over a vfio-user connection.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef HW_VFIO_USER_DEVICE_H
+#define HW_VFIO_USER_DEVICE_H
+
+#include "hw/vfio/vfio-common.h"
+#include "hw/vfio-user/proxy.h"
+
+/* What the server said of one region */
+typedef struct VFIOUserRegion {
+    off_t offset;       /* info->offset: where the region's offsets start */
+    int fd;             /* to mmap() the region from, or -1 */
+} VFIOUserRegion;
+
+typedef struct VFIOUserDevice {
+    VFIOUserProxy *proxy;
+    VFIOUserRegion *regions;
+    unsigned int num_regions;
+} VFIOUserDevice;
+
+extern const VFIODeviceIOOps vfio_user_device_io_ops;
+
+bool vfio_user_device_attach(VFIODevice *vbasedev, VFIOUserDevice *udev,
+                             Error **errp);
+void vfio_user_device_detach(VFIODevice *vbasedev);
+
+#endif /* HW_VFIO_USER_DEVICE_H */

@@ -1,0 +1,69 @@
+/*
+ * vfio-user client connection: one UNIX socket to a vfio-user server,
+ * version negotiation, and request/reply exchange with fd passing.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef HW_VFIO_USER_PROXY_H
+#define HW_VFIO_USER_PROXY_H
+
+#include "io/channel-socket.h"
+#include "qapi/qapi-types-sockets.h"
+#include "hw/vfio-user/protocol.h"
+
+/* What we accept from a server in one message */
+#define VFIO_USER_CLIENT_MAX_FDS   16
+#define VFIO_USER_CLIENT_MAX_XFER  VFIO_USER_DEF_MAX_XFER
+
+typedef struct VFIOUserProxy VFIOUserProxy;
+
+/* A message received from the server; fds are owned by the message */
+typedef struct VFIOUserMsg {
+    VFIOUserHdr *hdr;
+    int *fds;
+    size_t nfds;
+} VFIOUserMsg;
+
+void vfio_user_msg_free(VFIOUserMsg *msg);
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(VFIOUserMsg, vfio_user_msg_free)
+
+/*
+ * Serves a request the server sent (DMA_READ, DMA_WRITE, ...).  Returns the
+ * reply to send (with hdr.size set) or NULL and a positive errno in *error.
+ */
+typedef VFIOUserHdr *VFIOUserRequestHandler(void *opaque, VFIOUserMsg *req,
+                                            uint32_t *error);
+
+struct VFIOUserProxy {
+    QIOChannel *ioc;
+    char *sockname;             /* names the connection in messages */
+    uint16_t next_id;
+    uint32_t timeout_ms;        /* for each request's reply */
+    bool connected;
+
+    /* What the server accepts, from its VERSION reply */
+    uint16_t minor;
+    uint32_t max_send_fds;
+    uint64_t max_xfer_size;
+    uint64_t migr_pgsize;
+
+    VFIOUserRequestHandler *request_handler;
+    void *request_opaque;
+};
+
+VFIOUserProxy *vfio_user_connect(SocketAddress *addr, uint32_t timeout_ms,
+                                 Error **errp);
+bool vfio_user_negotiate(VFIOUserProxy *proxy, Error **errp);
+void vfio_user_set_request_handler(VFIOUserProxy *proxy,
+                                   VFIOUserRequestHandler *handler,
+                                   void *opaque);
+void vfio_user_disconnect(VFIOUserProxy *proxy);
+
+void vfio_user_request_init(VFIOUserHdr *hdr, uint16_t command,
+                            uint32_t size);
+int vfio_user_request(VFIOUserProxy *proxy, VFIOUserHdr *req,
+                      const int *fds, size_t nfds, VFIOUserMsg *reply,
+                      Error **errp);
+
+#endif /* HW_VFIO_USER_PROXY_H */

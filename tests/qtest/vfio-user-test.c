@@ -1,0 +1,839 @@
+/*
+ * qtest for vfio-user-pci against real vfio-user servers: the sample
+ * servers of libvfio-user (built from subprojects/libvfio-user) and, for
+ * what they cannot do (misbehaving peers), a small server in this file.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+
+#include "libqtest.h"
+#include "qemu/bswap.h"
+#include "standard-headers/linux/pci_regs.h"
+#include "libqos/pci-pc.h"
+#include "qobject/qdict.h"
+#include "qobject/qstring.h"
+
+#define GPIO_VENDOR_ID   0x494f
+#define GPIO_DEVICE_ID   0x0dc8
+#define TEST_SLOT        5
+#define TEST_DEVFN       QPCI_DEVFN(TEST_SLOT, 0)
+
+/* How long a server gets to do what the test waits for */
+#define WAIT_MS          10000
+
+/* One server process and the socket it listens on */
+typedef struct TestServer {
+    GPid pid;
+    int stdin_fd;       /* kept open: the null sample exits on EOF */
+    char *dir;
+    char *sock;
+} TestServer;
+
+static char *sample_path(const char *name)
+{
+    const char *dir = g_getenv("VFIO_USER_SAMPLES");
+
+    return g_build_filename(dir ? dir : "subprojects/libvfio-user/samples",
+                            name, NULL);
+}
+
+static bool wait_for_file(const char *path)
+{
+    int i;
+
+    for (i = 0; i < WAIT_MS / 10; i++) {
+        if (g_file_test(path, G_FILE_TEST_EXISTS)) {
+            return true;
+        }
+        g_usleep(10 * 1000);
+    }
+    return false;
+}
+
+/* Start libvfio-user sample @name; NULL (and the test skipped) if absent */
+static TestServer *sample_start(const char *name, bool quiet)
+{
+    g_autofree char *path = sample_path(name);
+    g_autoptr(GError) err = NULL;
+    TestServer *s;
+    char *argv[3];
+
+    if (!g_file_test(path, G_FILE_TEST_IS_EXECUTABLE)) {
+        g_autofree char *why =
+            g_strdup_printf("libvfio-user sample %s not built", path);
+        g_test_skip(why);
+        return NULL;
+    }
+    s = g_new0(TestServer, 1);
+    s->dir = g_dir_make_tmp("vfio-user-test-XXXXXX", &err);
+    g_assert_no_error(err);
+    s->sock = g_build_filename(s->dir, "sock", NULL);
+    argv[0] = path;
+    argv[1] = s->sock;
+    argv[2] = NULL;
+    g_spawn_async_with_pipes(NULL, argv, NULL,
+                             G_SPAWN_DO_NOT_REAP_CHILD |
+                             G_SPAWN_STDOUT_TO_DEV_NULL |
+                             (quiet ? G_SPAWN_STDERR_TO_DEV_NULL : 0),
+                             NULL, NULL, &s->pid, &s->stdin_fd, NULL, NULL,
+                             &err);
+    g_assert_no_error(err);
+    g_assert_true(wait_for_file(s->sock));
+    return s;
+}
+
+static bool server_alive(TestServer *s)
+{
+    return waitpid(s->pid, NULL, WNOHANG) == 0;
+}
+
+static void server_stop(TestServer *s)
+{
+    if (!s) {
+        return;
+    }
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, NULL, 0);
+    g_spawn_close_pid(s->pid);
+    close(s->stdin_fd);
+    unlink(s->sock);
+    rmdir(s->dir);
+    g_free(s->sock);
+    g_free(s->dir);
+    g_free(s);
+}
+
+static QPCIDevice *find_device(QPCIBus *bus)
+{
+    QPCIDevice *dev = qpci_device_find(bus, TEST_DEVFN);
+
+    g_assert_nonnull(dev);
+    qpci_device_enable(dev);
+    return dev;
+}
+
+/* Config space comes from the server */
+static void test_gpio_config(void)
+{
+    TestServer *s = sample_start("gpio-pci-idio-16", false);
+    QTestState *qts;
+    QPCIBus *bus;
+    QPCIDevice *dev;
+
+    if (!s) {
+        return;
+    }
+    qts = qtest_initf("-M pc -nodefaults "
+                      "-device vfio-user-pci,socket=%s,addr=%d",
+                      s->sock, TEST_SLOT);
+    bus = qpci_new_pc(qts, NULL);
+    dev = find_device(bus);
+    g_assert_cmphex(qpci_config_readw(dev, PCI_VENDOR_ID), ==,
+                    GPIO_VENDOR_ID);
+    g_assert_cmphex(qpci_config_readw(dev, PCI_DEVICE_ID), ==,
+                    GPIO_DEVICE_ID);
+    g_free(dev);
+    qpci_free_pc(bus);
+    qtest_quit(qts);
+    server_stop(s);
+}
+
+/*
+ * BAR2 reads are REGION_READs the server answers: the sample returns
+ * pin++ / 3 at offset 0, so the values climb every third read.
+ */
+static void test_gpio_bar2(void)
+{
+    TestServer *s = sample_start("gpio-pci-idio-16", false);
+    QTestState *qts;
+    QPCIBus *bus;
+    QPCIDevice *dev;
+    QPCIBar bar2;
+    uint64_t size;
+    int i;
+
+    if (!s) {
+        return;
+    }
+    qts = qtest_initf("-M pc -nodefaults "
+                      "-device vfio-user-pci,socket=%s,addr=%d",
+                      s->sock, TEST_SLOT);
+    bus = qpci_new_pc(qts, NULL);
+    dev = find_device(bus);
+    bar2 = qpci_iomap(dev, 2, &size);
+    g_assert_cmpuint(size, ==, 0x100);
+    for (i = 0; i < 9; i++) {
+        g_assert_cmpuint(qpci_io_readb(dev, bar2, 0), ==, i / 3);
+    }
+    qpci_iounmap(dev, bar2);
+    g_free(dev);
+    qpci_free_pc(bus);
+    qtest_quit(qts);
+    server_stop(s);
+}
+
+/* Every spelling of the socket reaches the same server */
+static void check_socket_syntax(TestServer *s, const char *fmt)
+{
+    g_autofree char *arg = g_strdup_printf(fmt, s->sock);
+    QTestState *qts = qtest_initf("-M pc -nodefaults %s", arg);
+    QPCIBus *bus = qpci_new_pc(qts, NULL);
+    QPCIDevice *dev = find_device(bus);
+
+    g_assert_cmphex(qpci_config_readw(dev, PCI_VENDOR_ID), ==,
+                    GPIO_VENDOR_ID);
+    g_free(dev);
+    qpci_free_pc(bus);
+    qtest_quit(qts);
+}
+
+static void test_socket_syntax(void)
+{
+    TestServer *s = sample_start("gpio-pci-idio-16", false);
+
+    if (!s) {
+        return;
+    }
+    check_socket_syntax(s, "-device vfio-user-pci,addr=5,"
+                        "socket.type=unix,socket.path=%s");
+    check_socket_syntax(s, "-device '{\"driver\":\"vfio-user-pci\","
+                        "\"addr\":\"5\",\"socket\":{\"type\":\"unix\","
+                        "\"path\":\"%s\"}}'");
+    server_stop(s);
+}
+
+static int connect_unix(const char *path)
+{
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+
+    g_assert_cmpint(fd, >=, 0);
+    g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
+    g_assert_cmpint(connect(fd, (struct sockaddr *)&addr, sizeof(addr)), ==,
+                    0);
+    return fd;
+}
+
+/* An fd handed over with getfd, the way libvirt passes sockets */
+static void test_socket_fd_hotplug(void)
+{
+    TestServer *s = sample_start("gpio-pci-idio-16", false);
+    QTestState *qts;
+    QPCIBus *bus;
+    QPCIDevice *dev;
+    int fd;
+
+    if (!s) {
+        return;
+    }
+    qts = qtest_init("-M pc -nodefaults");
+    fd = connect_unix(s->sock);
+    qtest_qmp_fds_assert_success(qts, &fd, 1,
+        "{'execute': 'getfd', 'arguments': {'fdname': 'vfu'}}");
+    close(fd);
+    qtest_qmp_device_add(qts, "vfio-user-pci", "vu0",
+                         "{'addr': '5', 'socket': {'type': 'fd', "
+                         "'str': 'vfu'}}");
+    bus = qpci_new_pc(qts, NULL);
+    dev = find_device(bus);
+    g_assert_cmphex(qpci_config_readw(dev, PCI_VENDOR_ID), ==,
+                    GPIO_VENDOR_ID);
+    g_free(dev);
+    qpci_unplug_acpi_device_test(qts, "vu0", TEST_SLOT);
+    qpci_free_pc(bus);
+    qtest_quit(qts);
+    server_stop(s);
+}
+
+/* The null sample has config space and nothing else */
+static void test_null_config_only(void)
+{
+    TestServer *s = sample_start("null", true);
+    QTestState *qts;
+    QPCIBus *bus;
+    QPCIDevice *dev;
+    int bar;
+
+    if (!s) {
+        return;
+    }
+    qts = qtest_initf("-M pc -nodefaults "
+                      "-device vfio-user-pci,socket=%s,addr=%d",
+                      s->sock, TEST_SLOT);
+    bus = qpci_new_pc(qts, NULL);
+    dev = qpci_device_find(bus, TEST_DEVFN);
+    g_assert_nonnull(dev);
+    g_assert_cmphex(qpci_config_readb(dev, PCI_HEADER_TYPE) & 0x7f, ==,
+                    PCI_HEADER_TYPE_NORMAL);
+    for (bar = 0; bar < 6; bar++) {
+        uint8_t reg = PCI_BASE_ADDRESS_0 + bar * 4;
+
+        qpci_config_writel(dev, reg, 0xffffffff);
+        g_assert_cmphex(qpci_config_readl(dev, reg), ==, 0);
+    }
+    g_free(dev);
+    qpci_free_pc(bus);
+    qtest_quit(qts);
+    server_stop(s);
+}
+
+/*
+ * Accesses of 1, 2, 4 and 8 bytes to BAR1 of the server sample, all as
+ * REGION_READ/REGION_WRITE (x-no-mmap).  The sample serves reads from
+ * offset 0 whatever the offset asked, so everything happens there.
+ */
+static void test_server_access_sizes(void)
+{
+    TestServer *s = sample_start("server", true);
+    QTestState *qts;
+    QPCIBus *bus;
+    QPCIDevice *dev;
+    QPCIBar bar1;
+
+    if (!s) {
+        return;
+    }
+    qts = qtest_initf("-M pc -nodefaults -device vfio-user-pci,socket=%s,"
+                      "addr=%d,x-no-mmap=on", s->sock, TEST_SLOT);
+    bus = qpci_new_pc(qts, NULL);
+    dev = find_device(bus);
+    bar1 = qpci_iomap(dev, 1, NULL);
+
+    qpci_io_writeq(dev, bar1, 0, 0x1122334455667788ULL);
+    g_assert_cmphex(qpci_io_readq(dev, bar1, 0), ==, 0x1122334455667788ULL);
+    g_assert_cmphex(qpci_io_readl(dev, bar1, 0), ==, 0x55667788);
+    g_assert_cmphex(qpci_io_readw(dev, bar1, 0), ==, 0x7788);
+    g_assert_cmphex(qpci_io_readb(dev, bar1, 0), ==, 0x88);
+    qpci_io_writel(dev, bar1, 0, 0xdeadbeef);
+    g_assert_cmphex(qpci_io_readq(dev, bar1, 0), ==, 0x11223344deadbeefULL);
+    qpci_io_writew(dev, bar1, 0, 0xcafe);
+    g_assert_cmphex(qpci_io_readl(dev, bar1, 0), ==, 0xdeadcafe);
+    qpci_io_writeb(dev, bar1, 0, 0x42);
+    g_assert_cmphex(qpci_io_readq(dev, bar1, 0), ==, 0x11223344deadca42ULL);
+
+    g_free(dev);
+    qpci_free_pc(bus);
+    qtest_quit(qts);
+    server_stop(s);
+}
+
+/* The server sample offers its BAR1 first and last pages for mmap() */
+static void test_server_sparse_mmap(void)
+{
+    TestServer *s = sample_start("server", true);
+    g_autofree char *mtree = NULL;
+    QTestState *qts;
+    QPCIBus *bus;
+    QPCIDevice *dev;
+    QPCIBar bar1;
+
+    if (!s) {
+        return;
+    }
+    qts = qtest_initf("-M pc -nodefaults "
+                      "-device vfio-user-pci,socket=%s,addr=%d",
+                      s->sock, TEST_SLOT);
+    bus = qpci_new_pc(qts, NULL);
+    dev = find_device(bus);
+    bar1 = qpci_iomap(dev, 1, NULL);
+
+    mtree = qtest_hmp(qts, "info mtree");
+    g_assert_nonnull(strstr(mtree, "BAR 1 mmaps[0]"));
+    g_assert_nonnull(strstr(mtree, "BAR 1 mmaps[1]"));
+    g_assert_null(strstr(mtree, "BAR 1 mmaps[2]"));
+
+    qpci_io_writeq(dev, bar1, 0, 0x0123456789abcdefULL);
+    g_assert_cmphex(qpci_io_readq(dev, bar1, 0), ==, 0x0123456789abcdefULL);
+    qpci_io_writeq(dev, bar1, 0x2ff8, 0xfedcba9876543210ULL);
+    g_assert_cmphex(qpci_io_readq(dev, bar1, 0x2ff8), ==,
+                    0xfedcba9876543210ULL);
+
+    g_free(dev);
+    qpci_free_pc(bus);
+    qtest_quit(qts);
+    server_stop(s);
+}
+
+static int wait_for_intx(QTestState *qts)
+{
+    int i, gsi;
+
+    for (i = 0; i < WAIT_MS / 20; i++) {
+        /* Any command lets libqtest take in pending IRQ notifications */
+        qtest_clock_step(qts, 0);
+        for (gsi = 16; gsi < 24; gsi++) {
+            if (qtest_get_irq(qts, gsi)) {
+                return gsi;
+            }
+        }
+        g_usleep(20 * 1000);
+    }
+    return -1;
+}
+
+static bool guest_memory_is(QTestState *qts, uint64_t addr, uint8_t byte,
+                            size_t len)
+{
+    g_autofree uint8_t *buf = g_malloc(len);
+    int i;
+
+    for (i = 0; i < WAIT_MS / 20; i++) {
+        qtest_memread(qts, addr, buf, len);
+        if (buf[0] == byte && !memcmp(buf, buf + 1, len - 1)) {
+            return true;
+        }
+        g_usleep(20 * 1000);
+    }
+    return false;
+}
+
+static bool server_maps(TestServer *s, const char *what)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/maps", s->pid);
+    g_autofree char *maps = NULL;
+
+    g_assert_true(g_file_get_contents(path, &maps, NULL, NULL));
+    return strstr(maps, what) != NULL;
+}
+
+/*
+ * Writing a time to the server sample's BAR0 arms a timer; when it fires,
+ * the server raises INTx, then DMA-writes 4 KiB of 'A' to the start of the
+ * first region it was given (guest RAM at 0) and reads it back, exiting if
+ * the bytes differ.  With RAM that has an fd, the server maps it; without,
+ * the bytes travel as DMA_WRITE/DMA_READ messages QEMU serves.
+ */
+static void check_intx_and_dma(bool shared_memory)
+{
+    TestServer *s = sample_start("server", true);
+    QTestState *qts;
+    QPCIBus *bus;
+    QPCIDevice *dev;
+    QPCIBar bar0;
+    int gsi;
+
+    if (!s) {
+        return;
+    }
+    qts = qtest_initf("-M q35%s -nodefaults %s "
+                      "-device vfio-user-pci,socket=%s,addr=%d",
+                      shared_memory ? ",memory-backend=mem0" : "",
+                      shared_memory ? "-object memory-backend-memfd,"
+                                      "id=mem0,size=128M,share=on" : "",
+                      s->sock, TEST_SLOT);
+    qtest_irq_intercept_in(qts, "ioapic");
+    bus = qpci_new_pc(qts, NULL);
+    dev = find_device(bus);
+    bar0 = qpci_iomap(dev, 0, NULL);
+    g_assert_cmpint(wait_for_intx(qts), ==, -1);
+    qtest_memset(qts, 0, 0, 4096);
+
+    qpci_io_writeq(dev, bar0, 0, time(NULL) + 2);
+    gsi = wait_for_intx(qts);
+    g_assert_cmpint(gsi, >=, 16);
+
+    g_assert_true(guest_memory_is(qts, 0, 'A', 4096));
+    /* The server checked what it read back against what it wrote */
+    g_assert_true(server_alive(s));
+    g_assert_true(server_maps(s, "memfd:mem0") == shared_memory);
+
+    g_free(dev);
+    qpci_free_pc(bus);
+    qtest_quit(qts);
+    server_stop(s);
+}
+
+static void test_server_intx_dma_messages(void)
+{
+    check_intx_and_dma(false);
+}
+
+static void test_server_intx_dma_shared(void)
+{
+    check_intx_and_dma(true);
+}
+
+static int count_fds(pid_t pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/fd", pid);
+    GDir *dir = g_dir_open(path, 0, NULL);
+    int n = 0;
+
+    g_assert_nonnull(dir);
+    while (g_dir_read_name(dir)) {
+        n++;
+    }
+    g_dir_close(dir);
+    return n;
+}
+
+static void plug_cycle(QTestState *qts, QPCIBus *bus, TestServer *s)
+{
+    QPCIDevice *dev;
+
+    qtest_qmp_device_add(qts, "vfio-user-pci", "vu0",
+                         "{'addr': '5', 'socket': {'type': 'unix', "
+                         "'path': %s}}", s->sock);
+    dev = find_device(bus);
+    g_assert_cmphex(qpci_config_readw(dev, PCI_VENDOR_ID), ==,
+                    GPIO_VENDOR_ID);
+    g_free(dev);
+    qpci_unplug_acpi_device_test(qts, "vu0", TEST_SLOT);
+}
+
+/* Unplug gives back every fd the device took */
+static void test_hotplug_no_fd_leak(void)
+{
+    TestServer *s = sample_start("gpio-pci-idio-16", false);
+    QTestState *qts;
+    QPCIBus *bus;
+    int before, after, i;
+
+    if (!s) {
+        return;
+    }
+    qts = qtest_init("-M pc -nodefaults");
+    bus = qpci_new_pc(qts, NULL);
+    /* A first cycle sets up what QEMU keeps for any later hotplug */
+    plug_cycle(qts, bus, s);
+    before = count_fds(qtest_pid(qts));
+    for (i = 0; i < 20; i++) {
+        plug_cycle(qts, bus, s);
+    }
+    after = count_fds(qtest_pid(qts));
+    g_assert_cmpint(after, ==, before);
+    qpci_free_pc(bus);
+    qtest_quit(qts);
+    server_stop(s);
+}
+
+/*
+ * A server of our own for what the samples will not do: misbehave during
+ * version negotiation.
+ */
+typedef enum {
+    BAD_CLOSE,          /* read the VERSION request, close without reply */
+    BAD_MAJOR,          /* answer with another major version */
+    BAD_JSON,           /* answer with capabilities that are not JSON */
+    BAD_CAPS_TYPE,      /* max_msg_fds is a string */
+    BAD_SILENT,         /* never answer */
+} BadMode;
+
+typedef struct BadServer {
+    BadMode mode;
+    char *dir;
+    char *sock;
+    int listen_fd;
+    GThread *thread;
+} BadServer;
+
+static bool read_full(int fd, void *buf, size_t len)
+{
+    while (len) {
+        ssize_t n = read(fd, buf, len);
+
+        if (n <= 0) {
+            return false;
+        }
+        buf += n;
+        len -= n;
+    }
+    return true;
+}
+
+static void bad_server_reply(int fd, uint16_t id, uint16_t major,
+                             uint16_t minor, const char *caps)
+{
+    size_t len = 16 + 4 + strlen(caps) + 1;
+    g_autofree uint8_t *msg = g_malloc0(len);
+
+    stw_le_p(msg, id);
+    stw_le_p(msg + 2, 1);           /* VERSION */
+    stl_le_p(msg + 4, len);
+    stl_le_p(msg + 8, 1);           /* reply */
+    stw_le_p(msg + 16, major);
+    stw_le_p(msg + 18, minor);
+    memcpy(msg + 20, caps, strlen(caps) + 1);
+    g_assert_cmpint(write(fd, msg, len), ==, len);
+}
+
+static gpointer bad_server_run(gpointer opaque)
+{
+    BadServer *b = opaque;
+    uint8_t hdr[16], rest[4096];
+    int fd = accept(b->listen_fd, NULL, NULL);
+    uint32_t size;
+    char c;
+
+    g_assert_cmpint(fd, >=, 0);
+    if (!read_full(fd, hdr, sizeof(hdr))) {
+        goto out;
+    }
+    size = ldl_le_p(hdr + 4);
+    g_assert_cmpuint(lduw_le_p(hdr + 2), ==, 1);
+    g_assert_cmpuint(size, >, 16);
+    g_assert_cmpuint(size - 16, <=, sizeof(rest));
+    g_assert_true(read_full(fd, rest, size - 16));
+
+    switch (b->mode) {
+    case BAD_CLOSE:
+        goto out;
+    case BAD_MAJOR:
+        bad_server_reply(fd, lduw_le_p(hdr), 1, 0, "{}");
+        break;
+    case BAD_JSON:
+        bad_server_reply(fd, lduw_le_p(hdr), 0, 1, "{\"capabilities\": [");
+        break;
+    case BAD_CAPS_TYPE:
+        bad_server_reply(fd, lduw_le_p(hdr), 0, 1,
+                         "{\"capabilities\": {\"max_msg_fds\": \"8\"}}");
+        break;
+    case BAD_SILENT:
+        break;
+    }
+    /* Until the client hangs up */
+    while (read(fd, &c, 1) > 0) {
+        continue;
+    }
+out:
+    close(fd);
+    return NULL;
+}
+
+static BadServer *bad_server_start(BadMode mode)
+{
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    BadServer *b = g_new0(BadServer, 1);
+
+    b->mode = mode;
+    b->dir = g_dir_make_tmp("vfio-user-test-XXXXXX", NULL);
+    g_assert_nonnull(b->dir);
+    b->sock = g_build_filename(b->dir, "sock", NULL);
+    b->listen_fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    g_assert_cmpint(b->listen_fd, >=, 0);
+    g_strlcpy(addr.sun_path, b->sock, sizeof(addr.sun_path));
+    g_assert_cmpint(bind(b->listen_fd, (struct sockaddr *)&addr,
+                         sizeof(addr)), ==, 0);
+    g_assert_cmpint(listen(b->listen_fd, 1), ==, 0);
+    b->thread = g_thread_new("bad-server", bad_server_run, b);
+    return b;
+}
+
+static void bad_server_stop(BadServer *b)
+{
+    g_thread_join(b->thread);
+    close(b->listen_fd);
+    unlink(b->sock);
+    rmdir(b->dir);
+    g_free(b->sock);
+    g_free(b->dir);
+    g_free(b);
+}
+
+/*
+ * QEMU started with @devargs must exit with status 1, saying @expect (and
+ * @expect2) on stderr.
+ */
+static void expect_cmdline_failure(const char *devargs, const char *expect,
+                                   const char *expect2)
+{
+    const char *qemu = g_getenv("QTEST_QEMU_BINARY");
+    g_autofree char *out = NULL;
+    g_autoptr(GError) err = NULL;
+    GPid pid;
+    int err_fd, status = -1, i;
+    char *argv[] = {
+        (char *)qemu, (char *)"-M", (char *)"pc", (char *)"-nodefaults",
+        (char *)"-display", (char *)"none", (char *)"-accel", (char *)"qtest",
+        (char *)"-device", (char *)devargs, NULL
+    };
+    GString *errs = g_string_new(NULL);
+    char buf[256];
+    ssize_t n;
+
+    g_assert_nonnull(qemu);
+    g_spawn_async_with_pipes(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD |
+                             G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, &pid,
+                             NULL, NULL, &err_fd, &err);
+    g_assert_no_error(err);
+    for (i = 0; i < WAIT_MS / 10; i++) {
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            break;
+        }
+        g_usleep(10 * 1000);
+    }
+    if (i == WAIT_MS / 10) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        g_assert_not_reached();
+    }
+    while ((n = read(err_fd, buf, sizeof(buf))) > 0) {
+        g_string_append_len(errs, buf, n);
+    }
+    close(err_fd);
+    g_spawn_close_pid(pid);
+    out = g_string_free(errs, false);
+    if (g_test_verbose()) {
+        g_test_message("stderr: %s", out);
+    }
+    g_assert_true(WIFEXITED(status));
+    g_assert_cmpint(WEXITSTATUS(status), ==, 1);
+    g_assert_nonnull(strstr(out, expect));
+    if (expect2) {
+        g_assert_nonnull(strstr(out, expect2));
+    }
+}
+
+/* Hot-plugging with @args must fail with @expect; QEMU stays up */
+static void expect_hotplug_failure(const char *args, const char *expect,
+                                   const char *expect2)
+{
+    QTestState *qts = qtest_init("-M pc -nodefaults");
+    QDict *resp, *error;
+    const char *desc;
+
+    resp = qtest_qmp(qts, "{'execute': 'device_add', 'arguments': %s}",
+                     args);
+    g_assert_nonnull(resp);
+    error = qdict_get_qdict(resp, "error");
+    g_assert_nonnull(error);
+    desc = qdict_get_str(error, "desc");
+    if (g_test_verbose()) {
+        g_test_message("error: %s", desc);
+    }
+    g_assert_nonnull(strstr(desc, expect));
+    if (expect2) {
+        g_assert_nonnull(strstr(desc, expect2));
+    }
+    qobject_unref(resp);
+
+    resp = qtest_qmp(qts, "{'execute': 'query-status'}");
+    g_assert_true(qdict_haskey(resp, "return"));
+    qobject_unref(resp);
+    qtest_quit(qts);
+}
+
+static void test_error_no_socket(void)
+{
+    expect_cmdline_failure("vfio-user-pci", "'socket' is required", NULL);
+    expect_hotplug_failure("{'driver': 'vfio-user-pci'}",
+                           "'socket' is required", NULL);
+}
+
+static void test_error_missing_path(void)
+{
+    g_autofree char *dir = g_dir_make_tmp("vfio-user-test-XXXXXX", NULL);
+    g_autofree char *path = g_build_filename(dir, "nothing-here", NULL);
+    g_autofree char *dev = g_strdup_printf("vfio-user-pci,socket=%s", path);
+    g_autofree char *args = g_strdup_printf(
+        "{'driver': 'vfio-user-pci', 'socket': '%s'}", path);
+
+    expect_cmdline_failure(dev, path, "No such file or directory");
+    expect_hotplug_failure(args, path, "No such file or directory");
+    rmdir(dir);
+}
+
+/* A socket file nobody listens on */
+static void test_error_not_listening(void)
+{
+    g_autofree char *dir = g_dir_make_tmp("vfio-user-test-XXXXXX", NULL);
+    g_autofree char *path = g_build_filename(dir, "sock", NULL);
+    g_autofree char *dev = g_strdup_printf("vfio-user-pci,socket=%s", path);
+    g_autofree char *args = g_strdup_printf(
+        "{'driver': 'vfio-user-pci', 'socket': '%s'}", path);
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+
+    g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
+    g_assert_cmpint(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
+    expect_cmdline_failure(dev, path, "Connection refused");
+    expect_hotplug_failure(args, path, "Connection refused");
+    close(fd);
+    unlink(path);
+    rmdir(dir);
+}
+
+static void check_bad_server(BadMode mode, const char *extra,
+                             const char *expect)
+{
+    BadServer *b = bad_server_start(mode);
+    g_autofree char *dev = g_strdup_printf("vfio-user-pci,socket=%s%s",
+                                           b->sock, extra);
+
+    expect_cmdline_failure(dev, b->sock, expect);
+    bad_server_stop(b);
+
+    b = bad_server_start(mode);
+    {
+        g_autofree char *args = g_strdup_printf(
+            "{'driver': 'vfio-user-pci', 'socket': '%s'%s}", b->sock,
+            *extra ? ", 'x-request-timeout-ms': 300" : "");
+
+        expect_hotplug_failure(args, b->sock, expect);
+    }
+    bad_server_stop(b);
+}
+
+static void test_error_closed_in_negotiation(void)
+{
+    check_bad_server(BAD_CLOSE, "", "the server closed the connection");
+}
+
+static void test_error_major_version(void)
+{
+    check_bad_server(BAD_MAJOR, "", "server speaks protocol version 1.0");
+}
+
+static void test_error_malformed_json(void)
+{
+    check_bad_server(BAD_JSON, "", "malformed capabilities");
+}
+
+static void test_error_caps_type(void)
+{
+    check_bad_server(BAD_CAPS_TYPE, "", "'max_msg_fds' must be an integer");
+}
+
+static void test_error_timeout(void)
+{
+    check_bad_server(BAD_SILENT, ",x-request-timeout-ms=300",
+                     "no message from the server within 300 ms");
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+
+    qtest_add_func("/vfio-user/gpio/config-space", test_gpio_config);
+    qtest_add_func("/vfio-user/gpio/bar2-read", test_gpio_bar2);
+    qtest_add_func("/vfio-user/socket/syntaxes", test_socket_syntax);
+    qtest_add_func("/vfio-user/socket/fd-hotplug", test_socket_fd_hotplug);
+    qtest_add_func("/vfio-user/null/config-only", test_null_config_only);
+    qtest_add_func("/vfio-user/server/access-sizes",
+                   test_server_access_sizes);
+    qtest_add_func("/vfio-user/server/sparse-mmap", test_server_sparse_mmap);
+    qtest_add_func("/vfio-user/server/intx-dma-messages",
+                   test_server_intx_dma_messages);
+    qtest_add_func("/vfio-user/server/intx-dma-shared",
+                   test_server_intx_dma_shared);
+    qtest_add_func("/vfio-user/hotplug/no-fd-leak", test_hotplug_no_fd_leak);
+    qtest_add_func("/vfio-user/error/no-socket", test_error_no_socket);
+    qtest_add_func("/vfio-user/error/missing-path", test_error_missing_path);
+    qtest_add_func("/vfio-user/error/not-listening",
+                   test_error_not_listening);
+    qtest_add_func("/vfio-user/error/closed-in-negotiation",
+                   test_error_closed_in_negotiation);
+    qtest_add_func("/vfio-user/error/major-version",
+                   test_error_major_version);
+    qtest_add_func("/vfio-user/error/malformed-json",
+                   test_error_malformed_json);
+    qtest_add_func("/vfio-user/error/caps-type", test_error_caps_type);
+    qtest_add_func("/vfio-user/error/timeout", test_error_timeout);
+
+    return g_test_run();
+}
