@@ -29,6 +29,7 @@ CONFIGURE_FLAGS := \
 
 SAMPLES := gpio-pci-idio-16 server null client
 NINJA_TARGETS := qemu-system-x86_64 tests/qtest/vfio-user-test \
+	tests/qtest/vfio-user-test-server \
 	$(addprefix subprojects/libvfio-user/samples/,$(SAMPLES))
 
 .PHONY: all deps fetch tree configure qemu check series check-series clean

@@ -14,6 +14,7 @@
 #include "hw/vfio-user/device.h"
 #include "qapi/error.h"
 #include "qemu/error-report.h"
+#include "qemu/host-utils.h"
 #include "qemu/units.h"
 #include "trace.h"
 
@@ -99,6 +100,30 @@ static bool vfio_user_check_region_caps(struct vfio_region_info *info,
     return true;
 }
 
+/*
+ * libvfio-user sends one fd per sparse mmap area; hw/vfio maps every area
+ * of a region from one fd, which is right only if they are the same file.
+ */
+static bool vfio_user_same_file(const int *fds, size_t nfds)
+{
+    struct stat first, other;
+    size_t i;
+
+    if (nfds < 2) {
+        return true;
+    }
+    if (fstat(fds[0], &first)) {
+        return false;
+    }
+    for (i = 1; i < nfds; i++) {
+        if (fstat(fds[i], &other) || other.st_dev != first.st_dev ||
+            other.st_ino != first.st_ino) {
+            return false;
+        }
+    }
+    return true;
+}
+
 static int vfio_user_get_region_info(VFIODevice *vbasedev,
                                      struct vfio_region_info *info)
 {
@@ -127,9 +152,14 @@ static int vfio_user_get_region_info(VFIODevice *vbasedev,
     if (!rinfo) {
         return vfio_user_io_failed(vbasedev, -EPROTO, err);
     }
-    if (rinfo->index != info->index || reply.nfds > 1) {
-        error_setg(&err, "bad reply for region %u (index %u, %zu fds)",
-                   info->index, rinfo->index, reply.nfds);
+    if (rinfo->index != info->index) {
+        error_setg(&err, "reply for region %u is for region %u",
+                   info->index, rinfo->index);
+        return vfio_user_io_failed(vbasedev, -EPROTO, err);
+    }
+    if (!vfio_user_same_file(reply.fds, reply.nfds)) {
+        error_setg(&err, "region %u: one fd per sparse mmap area, for "
+                   "different files, is not supported", info->index);
         return vfio_user_io_failed(vbasedev, -EPROTO, err);
     }
     if (rinfo->argsz < sizeof(*rinfo) ||
@@ -153,14 +183,35 @@ static int vfio_user_get_region_info(VFIODevice *vbasedev,
         memcpy(info, rinfo, len);
     }
 
+    /*
+     * PCI BARs are powers of two, and hw/pci asserts that they are; a
+     * server may describe a BAR region of any size (libvfio-user does).
+     * The guest gets the BAR rounded up; accesses past the region's end
+     * are the server's to refuse.
+     */
+    if (info->index <= VFIO_PCI_ROM_REGION_INDEX &&
+        info->size && !is_power_of_2(info->size)) {
+        if (info->size > (1ULL << 63)) {
+            error_setg(&err, "region %u is too large (0x%llx bytes)",
+                       info->index, info->size);
+            return vfio_user_io_failed(vbasedev, -EPROTO, err);
+        }
+        warn_report_once("vfio-user %s: BAR region %u size 0x%llx is not a "
+                         "power of two; the guest sees 0x%" PRIx64,
+                         udev->proxy->sockname, info->index, info->size,
+                         pow2ceil(info->size));
+        info->size = pow2ceil(info->size);
+    }
+
     region = &udev->regions[info->index];
     region->offset = info->offset;
     if (reply.nfds && (info->flags & VFIO_REGION_INFO_FLAG_MMAP)) {
         if (region->fd >= 0) {
             close(region->fd);
         }
+        /* Keep the first; the message closes the others */
         region->fd = reply.fds[0];
-        reply.nfds = 0;
+        reply.fds[0] = -1;
     } else if (info->flags & VFIO_REGION_INFO_FLAG_MMAP) {
         /* Nothing to mmap() from: every access goes through messages */
         info->flags &= ~VFIO_REGION_INFO_FLAG_MMAP;

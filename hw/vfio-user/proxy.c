@@ -65,7 +65,9 @@ void vfio_user_msg_free(VFIOUserMsg *msg)
     size_t i;
 
     for (i = 0; i < msg->nfds; i++) {
-        close(msg->fds[i]);
+        if (msg->fds[i] >= 0) {
+            close(msg->fds[i]);
+        }
     }
     g_free(msg->fds);
     g_free(msg->hdr);

@@ -15,7 +15,9 @@
 #include "qemu/bswap.h"
 #include "standard-headers/linux/pci_regs.h"
 #include "libqos/pci-pc.h"
+#include "qapi/error.h"
 #include "qobject/qdict.h"
+#include "qobject/qjson.h"
 #include "qobject/qstring.h"
 
 #define GPIO_VENDOR_ID   0x494f
@@ -85,11 +87,6 @@ static TestServer *sample_start(const char *name, bool quiet)
     g_assert_no_error(err);
     g_assert_true(wait_for_file(s->sock));
     return s;
-}
-
-static bool server_alive(TestServer *s)
-{
-    return waitpid(s->pid, NULL, WNOHANG) == 0;
 }
 
 static void server_stop(TestServer *s)
@@ -282,46 +279,6 @@ static void test_null_config_only(void)
     server_stop(s);
 }
 
-/*
- * Accesses of 1, 2, 4 and 8 bytes to BAR1 of the server sample, all as
- * REGION_READ/REGION_WRITE (x-no-mmap).  The sample serves reads from
- * offset 0 whatever the offset asked, so everything happens there.
- */
-static void test_server_access_sizes(void)
-{
-    TestServer *s = sample_start("server", true);
-    QTestState *qts;
-    QPCIBus *bus;
-    QPCIDevice *dev;
-    QPCIBar bar1;
-
-    if (!s) {
-        return;
-    }
-    qts = qtest_initf("-M pc -nodefaults -device vfio-user-pci,socket=%s,"
-                      "addr=%d,x-no-mmap=on", s->sock, TEST_SLOT);
-    bus = qpci_new_pc(qts, NULL);
-    dev = find_device(bus);
-    bar1 = qpci_iomap(dev, 1, NULL);
-
-    qpci_io_writeq(dev, bar1, 0, 0x1122334455667788ULL);
-    g_assert_cmphex(qpci_io_readq(dev, bar1, 0), ==, 0x1122334455667788ULL);
-    g_assert_cmphex(qpci_io_readl(dev, bar1, 0), ==, 0x55667788);
-    g_assert_cmphex(qpci_io_readw(dev, bar1, 0), ==, 0x7788);
-    g_assert_cmphex(qpci_io_readb(dev, bar1, 0), ==, 0x88);
-    qpci_io_writel(dev, bar1, 0, 0xdeadbeef);
-    g_assert_cmphex(qpci_io_readq(dev, bar1, 0), ==, 0x11223344deadbeefULL);
-    qpci_io_writew(dev, bar1, 0, 0xcafe);
-    g_assert_cmphex(qpci_io_readl(dev, bar1, 0), ==, 0xdeadcafe);
-    qpci_io_writeb(dev, bar1, 0, 0x42);
-    g_assert_cmphex(qpci_io_readq(dev, bar1, 0), ==, 0x11223344deadca42ULL);
-
-    g_free(dev);
-    qpci_free_pc(bus);
-    qtest_quit(qts);
-    server_stop(s);
-}
-
 /* The server sample offers its BAR1 first and last pages for mmap() */
 static void test_server_sparse_mmap(void)
 {
@@ -347,11 +304,9 @@ static void test_server_sparse_mmap(void)
     g_assert_nonnull(strstr(mtree, "BAR 1 mmaps[1]"));
     g_assert_null(strstr(mtree, "BAR 1 mmaps[2]"));
 
-    qpci_io_writeq(dev, bar1, 0, 0x0123456789abcdefULL);
-    g_assert_cmphex(qpci_io_readq(dev, bar1, 0), ==, 0x0123456789abcdefULL);
-    qpci_io_writeq(dev, bar1, 0x2ff8, 0xfedcba9876543210ULL);
-    g_assert_cmphex(qpci_io_readq(dev, bar1, 0x2ff8), ==,
-                    0xfedcba9876543210ULL);
+    /* An I/O BAR: 4 bytes at most */
+    qpci_io_writel(dev, bar1, 0, 0x89abcdef);
+    g_assert_cmphex(qpci_io_readl(dev, bar1, 0), ==, 0x89abcdef);
 
     g_free(dev);
     qpci_free_pc(bus);
@@ -359,103 +314,294 @@ static void test_server_sparse_mmap(void)
     server_stop(s);
 }
 
-static int wait_for_intx(QTestState *qts)
-{
-    int i, gsi;
+/* Our own server: tests/qtest/vfio-user-test-server.c */
+#define TS_VENDOR_ID    0x1b36
+#define TS_DEVICE_ID    0x00f0
+#define TS_ID           0x56555453u
+#define TS_SCRATCH0     0x008
+#define TS_SCRATCH1     0x010
+#define TS_DMA_ADDR     0x100
+#define TS_DMA_LEN      0x108
+#define TS_DMA_FILL     0x110
+#define TS_DMA_SUM      0x118
+#define TS_STATUS       0x120
+#define TS_MAPPED       0x124
+#define TS_RESETS       0x128
+#define TS_CMD          0x200
+#define TS_CMD_INTX     1
+#define TS_CMD_DMA_WRITE 2
+#define TS_CMD_DMA_READ 3
 
-    for (i = 0; i < WAIT_MS / 20; i++) {
-        /* Any command lets libqtest take in pending IRQ notifications */
-        qtest_clock_step(qts, 0);
-        for (gsi = 16; gsi < 24; gsi++) {
-            if (qtest_get_irq(qts, gsi)) {
-                return gsi;
-            }
-        }
-        g_usleep(20 * 1000);
+static TestServer *test_server_start(void)
+{
+    const char *path = g_getenv("VFIO_USER_TEST_SERVER");
+    g_autofree char *def = g_strdup("tests/qtest/vfio-user-test-server");
+    g_autoptr(GError) err = NULL;
+    TestServer *s;
+    char *argv[3];
+
+    if (!path) {
+        path = def;
     }
-    return -1;
-}
-
-static bool guest_memory_is(QTestState *qts, uint64_t addr, uint8_t byte,
-                            size_t len)
-{
-    g_autofree uint8_t *buf = g_malloc(len);
-    int i;
-
-    for (i = 0; i < WAIT_MS / 20; i++) {
-        qtest_memread(qts, addr, buf, len);
-        if (buf[0] == byte && !memcmp(buf, buf + 1, len - 1)) {
-            return true;
-        }
-        g_usleep(20 * 1000);
+    if (!g_file_test(path, G_FILE_TEST_IS_EXECUTABLE)) {
+        g_autofree char *why =
+            g_strdup_printf("vfio-user test server %s not built", path);
+        g_test_skip(why);
+        return NULL;
     }
-    return false;
+    s = g_new0(TestServer, 1);
+    s->dir = g_dir_make_tmp("vfio-user-test-XXXXXX", &err);
+    g_assert_no_error(err);
+    s->sock = g_build_filename(s->dir, "sock", NULL);
+    argv[0] = (char *)path;
+    argv[1] = s->sock;
+    argv[2] = NULL;
+    g_spawn_async_with_pipes(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD |
+                             G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, &s->pid,
+                             &s->stdin_fd, NULL, NULL, &err);
+    g_assert_no_error(err);
+    g_assert_true(wait_for_file(s->sock));
+    return s;
 }
 
-static bool server_maps(TestServer *s, const char *what)
-{
-    g_autofree char *path = g_strdup_printf("/proc/%d/maps", s->pid);
-    g_autofree char *maps = NULL;
-
-    g_assert_true(g_file_get_contents(path, &maps, NULL, NULL));
-    return strstr(maps, what) != NULL;
-}
-
-/*
- * Writing a time to the server sample's BAR0 arms a timer; when it fires,
- * the server raises INTx, then DMA-writes 4 KiB of 'A' to the start of the
- * first region it was given (guest RAM at 0) and reads it back, exiting if
- * the bytes differ.  With RAM that has an fd, the server maps it; without,
- * the bytes travel as DMA_WRITE/DMA_READ messages QEMU serves.
- */
-static void check_intx_and_dma(bool shared_memory)
-{
-    TestServer *s = sample_start("server", true);
+typedef struct TestDev {
+    TestServer *server;
     QTestState *qts;
     QPCIBus *bus;
     QPCIDevice *dev;
     QPCIBar bar0;
-    int gsi;
+} TestDev;
 
-    if (!s) {
+static bool test_dev_start(TestDev *t, const char *machine, const char *extra)
+{
+    t->server = test_server_start();
+    if (!t->server) {
+        return false;
+    }
+    t->qts = qtest_initf("-M %s -nodefaults -device vfio-user-pci,socket=%s,"
+                         "addr=%d%s", machine, t->server->sock, TEST_SLOT,
+                         extra);
+    t->bus = qpci_new_pc(t->qts, NULL);
+    t->dev = find_device(t->bus);
+    g_assert_cmphex(qpci_config_readw(t->dev, PCI_VENDOR_ID), ==,
+                    TS_VENDOR_ID);
+    g_assert_cmphex(qpci_config_readw(t->dev, PCI_DEVICE_ID), ==,
+                    TS_DEVICE_ID);
+    t->bar0 = qpci_iomap(t->dev, 0, NULL);
+    g_assert_false(t->bar0.is_io);
+    g_assert_cmphex(qpci_io_readl(t->dev, t->bar0, 0), ==, TS_ID);
+    return true;
+}
+
+static void test_dev_stop(TestDev *t)
+{
+    g_free(t->dev);
+    qpci_free_pc(t->bus);
+    qtest_quit(t->qts);
+    server_stop(t->server);
+}
+
+static uint32_t test_dev_cmd(TestDev *t, uint32_t cmd)
+{
+    qpci_io_writel(t->dev, t->bar0, TS_CMD, cmd);
+    return qpci_io_readl(t->dev, t->bar0, TS_STATUS);
+}
+
+/* Accesses of 1, 2, 4 and 8 bytes, forwarded as REGION_READ/WRITE */
+static void test_access_sizes(void)
+{
+    TestDev t;
+
+    if (!test_dev_start(&t, "pc", "")) {
         return;
     }
-    qts = qtest_initf("-M q35%s -nodefaults %s "
-                      "-device vfio-user-pci,socket=%s,addr=%d",
-                      shared_memory ? ",memory-backend=mem0" : "",
-                      shared_memory ? "-object memory-backend-memfd,"
-                                      "id=mem0,size=128M,share=on" : "",
-                      s->sock, TEST_SLOT);
-    qtest_irq_intercept_in(qts, "ioapic");
-    bus = qpci_new_pc(qts, NULL);
-    dev = find_device(bus);
-    bar0 = qpci_iomap(dev, 0, NULL);
-    g_assert_cmpint(wait_for_intx(qts), ==, -1);
-    qtest_memset(qts, 0, 0, 4096);
+    qpci_io_writeq(t.dev, t.bar0, TS_SCRATCH0, 0x1122334455667788ULL);
+    g_assert_cmphex(qpci_io_readq(t.dev, t.bar0, TS_SCRATCH0), ==,
+                    0x1122334455667788ULL);
+    g_assert_cmphex(qpci_io_readl(t.dev, t.bar0, TS_SCRATCH0 + 4), ==,
+                    0x11223344);
+    g_assert_cmphex(qpci_io_readw(t.dev, t.bar0, TS_SCRATCH0 + 2), ==,
+                    0x5566);
+    g_assert_cmphex(qpci_io_readb(t.dev, t.bar0, TS_SCRATCH0 + 1), ==, 0x77);
 
-    qpci_io_writeq(dev, bar0, 0, time(NULL) + 2);
-    gsi = wait_for_intx(qts);
-    g_assert_cmpint(gsi, >=, 16);
-
-    g_assert_true(guest_memory_is(qts, 0, 'A', 4096));
-    /* The server checked what it read back against what it wrote */
-    g_assert_true(server_alive(s));
-    g_assert_true(server_maps(s, "memfd:mem0") == shared_memory);
-
-    g_free(dev);
-    qpci_free_pc(bus);
-    qtest_quit(qts);
-    server_stop(s);
+    qpci_io_writeb(t.dev, t.bar0, TS_SCRATCH1 + 7, 0xa5);
+    qpci_io_writew(t.dev, t.bar0, TS_SCRATCH1 + 4, 0xbeef);
+    qpci_io_writel(t.dev, t.bar0, TS_SCRATCH1, 0xcafef00d);
+    g_assert_cmphex(qpci_io_readq(t.dev, t.bar0, TS_SCRATCH1), ==,
+                    0xa500beefcafef00dULL);
+    test_dev_stop(&t);
 }
 
-static void test_server_intx_dma_messages(void)
+/* BAR1's first page is mmapped from the server's fd, its second is not */
+static void check_bar1(bool no_mmap)
 {
-    check_intx_and_dma(false);
+    g_autofree char *mtree = NULL;
+    QPCIBar bar1;
+    TestDev t;
+
+    if (!test_dev_start(&t, "pc", no_mmap ? ",x-no-mmap=on" : "")) {
+        return;
+    }
+    bar1 = qpci_iomap(t.dev, 1, NULL);
+    mtree = qtest_hmp(t.qts, "info mtree");
+    g_assert_true((strstr(mtree, "BAR 1 mmaps[0]") != NULL) == !no_mmap);
+    g_assert_null(strstr(mtree, "BAR 1 mmaps[1]"));
+
+    qpci_io_writeq(t.dev, bar1, 0x10, 0x0123456789abcdefULL);
+    qpci_io_writeq(t.dev, bar1, 0x1ff8, 0xfedcba9876543210ULL);
+    g_assert_cmphex(qpci_io_readq(t.dev, bar1, 0x10), ==,
+                    0x0123456789abcdefULL);
+    g_assert_cmphex(qpci_io_readq(t.dev, bar1, 0x1ff8), ==,
+                    0xfedcba9876543210ULL);
+    test_dev_stop(&t);
 }
 
-static void test_server_intx_dma_shared(void)
+static void test_bar_mmap(void)
 {
-    check_intx_and_dma(true);
+    check_bar1(false);
+}
+
+static void test_bar_no_mmap(void)
+{
+    check_bar1(true);
+}
+
+static int wait_for_intx(QTestState *qts, bool level)
+{
+    int i, gsi;
+
+    for (i = 0; i < WAIT_MS / 10; i++) {
+        /* Any command lets libqtest take in pending IRQ notifications */
+        qtest_readb(qts, 0);
+        for (gsi = 16; gsi < 24; gsi++) {
+            if (qtest_get_irq(qts, gsi) == level && level) {
+                return gsi;
+            }
+        }
+        if (!level) {
+            for (gsi = 16; gsi < 24 && !qtest_get_irq(qts, gsi); gsi++) {
+                continue;
+            }
+            if (gsi == 24) {
+                return 0;
+            }
+        }
+        g_usleep(10 * 1000);
+    }
+    return -1;
+}
+
+/*
+ * The server raises INTx through its eventfd; a BAR access (the guest
+ * servicing the interrupt) de-asserts and unmasks it, so it can fire again.
+ */
+static void test_intx(void)
+{
+    TestDev t;
+    int gsi, i;
+
+    if (!test_dev_start(&t, "q35", "")) {
+        return;
+    }
+    qtest_irq_intercept_in(t.qts, "ioapic");
+    g_assert_cmpint(wait_for_intx(t.qts, false), ==, 0);
+    for (i = 0; i < 3; i++) {
+        g_assert_cmpuint(test_dev_cmd(&t, TS_CMD_INTX), ==, 0);
+        gsi = wait_for_intx(t.qts, true);
+        g_assert_cmpint(gsi, >=, 16);
+        /* Servicing: any BAR access is taken as the EOI */
+        qpci_io_readl(t.dev, t.bar0, TS_STATUS);
+        g_assert_cmpint(wait_for_intx(t.qts, false), ==, 0);
+    }
+    test_dev_stop(&t);
+}
+
+static uint64_t sum_of(QTestState *qts, uint64_t addr, size_t len)
+{
+    g_autofree uint8_t *buf = g_malloc(len);
+    uint64_t sum = 0;
+    size_t i;
+
+    qtest_memread(qts, addr, buf, len);
+    for (i = 0; i < len; i++) {
+        sum += buf[i];
+    }
+    return sum;
+}
+
+/*
+ * The server DMA-reads guest memory it checksums, and DMA-writes a fill
+ * byte.  With RAM that has an fd, it maps the RAM; without, the bytes
+ * travel as DMA_READ/DMA_WRITE messages that QEMU serves.
+ */
+static void check_dma(bool shared_memory)
+{
+    const uint64_t addr = 0x100000, len = 0x3000;
+    g_autofree uint8_t *pattern = g_malloc(len);
+    g_autofree uint8_t *back = g_malloc(len);
+    TestDev t;
+    size_t i;
+
+    if (!test_dev_start(&t, shared_memory ? "q35,memory-backend=mem0" : "q35",
+                        shared_memory ? " -object memory-backend-memfd,"
+                        "id=mem0,size=128M,share=on" : "")) {
+        return;
+    }
+    for (i = 0; i < len; i++) {
+        pattern[i] = i * 7 + (i >> 8);
+    }
+    qtest_memwrite(t.qts, addr, pattern, len);
+
+    qpci_io_writeq(t.dev, t.bar0, TS_DMA_ADDR, addr);
+    qpci_io_writeq(t.dev, t.bar0, TS_DMA_LEN, len);
+    g_assert_cmpuint(test_dev_cmd(&t, TS_CMD_DMA_READ), ==, 0);
+    g_assert_cmphex(qpci_io_readq(t.dev, t.bar0, TS_DMA_SUM), ==,
+                    sum_of(t.qts, addr, len));
+    g_assert_cmpuint(qpci_io_readl(t.dev, t.bar0, TS_MAPPED), ==,
+                     shared_memory);
+
+    qpci_io_writeb(t.dev, t.bar0, TS_DMA_FILL, 0x5a);
+    qpci_io_writeq(t.dev, t.bar0, TS_DMA_LEN, len - 1);
+    g_assert_cmpuint(test_dev_cmd(&t, TS_CMD_DMA_WRITE), ==, 0);
+    qtest_memread(t.qts, addr, back, len);
+    for (i = 0; i < len - 1; i++) {
+        g_assert_cmphex(back[i], ==, 0x5a);
+    }
+    /* Not a byte more */
+    g_assert_cmphex(back[len - 1], ==, pattern[len - 1]);
+    g_assert_cmpuint(qpci_io_readl(t.dev, t.bar0, TS_MAPPED), ==,
+                     shared_memory);
+    test_dev_stop(&t);
+}
+
+static void test_dma_messages(void)
+{
+    check_dma(false);
+}
+
+static void test_dma_shared(void)
+{
+    check_dma(true);
+}
+
+/* A system reset resets the device: DEVICE_RESET */
+static void test_reset(void)
+{
+    uint32_t before;
+    TestDev t;
+
+    if (!test_dev_start(&t, "pc", "")) {
+        return;
+    }
+    before = qpci_io_readl(t.dev, t.bar0, TS_RESETS);
+    qtest_qmp_assert_success(t.qts, "{'execute': 'system_reset'}");
+    qtest_qmp_eventwait(t.qts, "RESET");
+    /* The reset cleared the BARs: map them again */
+    qpci_device_enable(t.dev);
+    t.bar0 = qpci_iomap(t.dev, 0, NULL);
+    g_assert_cmpuint(qpci_io_readl(t.dev, t.bar0, TS_RESETS), ==,
+                     before + 1);
+    test_dev_stop(&t);
 }
 
 static int count_fds(pid_t pid)
@@ -694,11 +840,13 @@ static void expect_hotplug_failure(const char *args, const char *expect,
                                    const char *expect2)
 {
     QTestState *qts = qtest_init("-M pc -nodefaults");
-    QDict *resp, *error;
+    QDict *resp, *error, *arguments;
     const char *desc;
 
-    resp = qtest_qmp(qts, "{'execute': 'device_add', 'arguments': %s}",
-                     args);
+    arguments = qobject_to(QDict, qobject_from_json(args, &error_abort));
+    g_assert_nonnull(arguments);
+    resp = qtest_qmp(qts, "{'execute': 'device_add', 'arguments': %p}",
+                     arguments);
     g_assert_nonnull(resp);
     error = qdict_get_qdict(resp, "error");
     g_assert_nonnull(error);
@@ -814,13 +962,14 @@ int main(int argc, char **argv)
     qtest_add_func("/vfio-user/socket/syntaxes", test_socket_syntax);
     qtest_add_func("/vfio-user/socket/fd-hotplug", test_socket_fd_hotplug);
     qtest_add_func("/vfio-user/null/config-only", test_null_config_only);
-    qtest_add_func("/vfio-user/server/access-sizes",
-                   test_server_access_sizes);
     qtest_add_func("/vfio-user/server/sparse-mmap", test_server_sparse_mmap);
-    qtest_add_func("/vfio-user/server/intx-dma-messages",
-                   test_server_intx_dma_messages);
-    qtest_add_func("/vfio-user/server/intx-dma-shared",
-                   test_server_intx_dma_shared);
+    qtest_add_func("/vfio-user/test-server/access-sizes", test_access_sizes);
+    qtest_add_func("/vfio-user/test-server/bar-mmap", test_bar_mmap);
+    qtest_add_func("/vfio-user/test-server/bar-no-mmap", test_bar_no_mmap);
+    qtest_add_func("/vfio-user/test-server/intx", test_intx);
+    qtest_add_func("/vfio-user/test-server/dma-messages", test_dma_messages);
+    qtest_add_func("/vfio-user/test-server/dma-shared", test_dma_shared);
+    qtest_add_func("/vfio-user/test-server/reset", test_reset);
     qtest_add_func("/vfio-user/hotplug/no-fd-leak", test_hotplug_no_fd_leak);
     qtest_add_func("/vfio-user/error/no-socket", test_error_no_socket);
     qtest_add_func("/vfio-user/error/missing-path", test_error_missing_path);

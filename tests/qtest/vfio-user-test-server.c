@@ -1,0 +1,274 @@
+/*
+ * A vfio-user server for vfio-user-test: a PCI device, built on
+ * libvfio-user, that does on command what the library's samples cannot
+ * (memory BARs, accesses of every size, INTx and DMA when asked).
+ *
+ * BAR0 (4 KiB, memory, reached through REGION_READ/REGION_WRITE):
+ *   0x000  ID        ro  VFIO_USER_TEST_ID
+ *   0x008  SCRATCH0  rw  64 bits, accesses of any size
+ *   0x010  SCRATCH1  rw  64 bits
+ *   0x100  DMA_ADDR  rw  guest address for the next DMA command
+ *   0x108  DMA_LEN   rw  its length, at most 64 KiB
+ *   0x110  DMA_FILL  rw  the byte CMD_DMA_WRITE writes
+ *   0x118  DMA_SUM   ro  sum of the bytes CMD_DMA_READ read
+ *   0x120  STATUS    ro  0, or the (positive) errno of the last command
+ *   0x124  MAPPED    ro  1 if the last DMA went to memory mapped from an fd
+ *   0x128  RESETS    ro  how many DEVICE_RESETs were received
+ *   0x200  CMD       wo  CMD_* below
+ * BAR1 (8 KiB, memory): backed by a memfd; its first page is offered for
+ *   mmap(), its second is reached through messages.
+ *
+ * usage: vfio-user-test-server SOCKET_PATH
+ * Serves one client after another until killed.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include <assert.h>
+#include <err.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "libvfio-user.h"
+
+#define VFIO_USER_TEST_VENDOR   0x1b36  /* Red Hat's range for QEMU tests */
+#define VFIO_USER_TEST_DEVICE   0x00f0
+#define VFIO_USER_TEST_ID       0x56555453u
+
+#define REG_ID          0x000
+#define REG_SCRATCH0    0x008
+#define REG_SCRATCH1    0x010
+#define REG_DMA_ADDR    0x100
+#define REG_DMA_LEN     0x108
+#define REG_DMA_FILL    0x110
+#define REG_DMA_SUM     0x118
+#define REG_STATUS      0x120
+#define REG_MAPPED      0x124
+#define REG_RESETS      0x128
+#define REG_CMD         0x200
+
+#define CMD_INTX        1
+#define CMD_DMA_WRITE   2
+#define CMD_DMA_READ    3
+
+#define BAR0_SIZE       0x1000
+#define BAR1_SIZE       0x2000
+#define DMA_MAX         (64 * 1024)
+
+static uint8_t regs[BAR0_SIZE];
+static uint8_t *bar1;
+static uint8_t dma_buf[DMA_MAX];
+
+static uint64_t reg64(unsigned off)
+{
+    uint64_t v;
+
+    memcpy(&v, regs + off, sizeof(v));
+    return v;
+}
+
+static void set_reg32(unsigned off, uint32_t v)
+{
+    memcpy(regs + off, &v, sizeof(v));
+}
+
+static void set_reg64(unsigned off, uint64_t v)
+{
+    memcpy(regs + off, &v, sizeof(v));
+}
+
+static void log_cb(vfu_ctx_t *ctx, int level, const char *msg)
+{
+    fprintf(stderr, "vfio-user-test-server: %s\n", msg);
+}
+
+/*
+ * DMA through the mapping when the client gave an fd, else by messages.
+ * Returns 0 or a negative errno.
+ */
+static int do_dma(vfu_ctx_t *ctx, bool write)
+{
+    uint64_t addr = reg64(REG_DMA_ADDR), len = reg64(REG_DMA_LEN);
+    uint8_t sgbuf[256];
+    dma_sg_t *sg = (dma_sg_t *)sgbuf;
+    struct iovec iov;
+    int ret;
+
+    assert(dma_sg_size() <= sizeof(sgbuf));
+    if (!len || len > DMA_MAX) {
+        return -EINVAL;
+    }
+    ret = vfu_addr_to_sgl(ctx, (vfu_dma_addr_t)(uintptr_t)addr, len, sg, 1,
+                          write ? PROT_WRITE : PROT_READ);
+    if (ret != 1) {
+        return ret < 0 ? -errno : -E2BIG;
+    }
+    if (write) {
+        memset(dma_buf, regs[REG_DMA_FILL], len);
+    }
+    if (vfu_sg_is_mappable(ctx, sg)) {
+        if (vfu_sgl_get(ctx, sg, &iov, 1, 0) < 0) {
+            return -errno;
+        }
+        if (write) {
+            memcpy(iov.iov_base, dma_buf, len);
+            vfu_sgl_mark_dirty(ctx, sg, 1);
+        } else {
+            memcpy(dma_buf, iov.iov_base, len);
+        }
+        vfu_sgl_put(ctx, sg, &iov, 1);
+        set_reg32(REG_MAPPED, 1);
+    } else {
+        ret = write ? vfu_sgl_write(ctx, sg, 1, dma_buf)
+                    : vfu_sgl_read(ctx, sg, 1, dma_buf);
+        if (ret < 0) {
+            return -errno;
+        }
+        set_reg32(REG_MAPPED, 0);
+    }
+    if (!write) {
+        uint64_t sum = 0, i;
+
+        for (i = 0; i < len; i++) {
+            sum += dma_buf[i];
+        }
+        set_reg64(REG_DMA_SUM, sum);
+    }
+    return 0;
+}
+
+static int run_cmd(vfu_ctx_t *ctx, uint32_t cmd)
+{
+    switch (cmd) {
+    case CMD_INTX:
+        return vfu_irq_trigger(ctx, 0) < 0 ? -errno : 0;
+    case CMD_DMA_WRITE:
+        return do_dma(ctx, true);
+    case CMD_DMA_READ:
+        return do_dma(ctx, false);
+    default:
+        return -EINVAL;
+    }
+}
+
+static ssize_t bar0_access(vfu_ctx_t *ctx, char *buf, size_t count,
+                           loff_t offset, bool is_write)
+{
+    if (offset < 0 || offset + count > BAR0_SIZE) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (!is_write) {
+        memcpy(buf, regs + offset, count);
+        return count;
+    }
+    if (offset == REG_CMD && count == 4) {
+        uint32_t cmd;
+
+        memcpy(&cmd, buf, sizeof(cmd));
+        /* STATUS reads as a positive errno */
+        set_reg32(REG_STATUS, -run_cmd(ctx, cmd));
+        return count;
+    }
+    if (offset < REG_SCRATCH0 || offset + count > REG_DMA_SUM) {
+        errno = EPERM;
+        return -1;
+    }
+    memcpy(regs + offset, buf, count);
+    return count;
+}
+
+static ssize_t bar1_access(vfu_ctx_t *ctx, char *buf, size_t count,
+                           loff_t offset, bool is_write)
+{
+    if (offset < 0 || offset + count > BAR1_SIZE) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (is_write) {
+        memcpy(bar1 + offset, buf, count);
+    } else {
+        memcpy(buf, bar1 + offset, count);
+    }
+    return count;
+}
+
+static int reset_cb(vfu_ctx_t *ctx, vfu_reset_type_t type)
+{
+    set_reg32(REG_RESETS, ((uint32_t *)regs)[REG_RESETS / 4] + 1);
+    return 0;
+}
+
+static void dma_register(vfu_ctx_t *ctx, vfu_dma_info_t *info)
+{
+}
+
+static void dma_unregister(vfu_ctx_t *ctx, vfu_dma_info_t *info)
+{
+}
+
+int main(int argc, char **argv)
+{
+    struct iovec bar1_mmap = { .iov_base = 0, .iov_len = 0x1000 };
+    vfu_ctx_t *ctx;
+    int fd;
+
+    if (argc != 2) {
+        errx(EXIT_FAILURE, "usage: %s SOCKET_PATH", argv[0]);
+    }
+
+    fd = memfd_create("vfio-user-test-bar1", 0);
+    if (fd < 0 || ftruncate(fd, BAR1_SIZE) < 0) {
+        err(EXIT_FAILURE, "memfd for BAR1");
+    }
+    bar1 = mmap(NULL, BAR1_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (bar1 == MAP_FAILED) {
+        err(EXIT_FAILURE, "mmap BAR1");
+    }
+    set_reg32(REG_ID, VFIO_USER_TEST_ID);
+
+    ctx = vfu_create_ctx(VFU_TRANS_SOCK, argv[1], 0, NULL, VFU_DEV_TYPE_PCI);
+    if (!ctx) {
+        err(EXIT_FAILURE, "vfu_create_ctx");
+    }
+    if (vfu_setup_log(ctx, log_cb, LOG_ERR) < 0 ||
+        vfu_pci_init(ctx, VFU_PCI_TYPE_CONVENTIONAL, PCI_HEADER_TYPE_NORMAL,
+                     0) < 0) {
+        err(EXIT_FAILURE, "vfu_pci_init");
+    }
+    vfu_pci_set_id(ctx, VFIO_USER_TEST_VENDOR, VFIO_USER_TEST_DEVICE, 0, 0);
+    if (vfu_setup_region(ctx, VFU_PCI_DEV_BAR0_REGION_IDX, BAR0_SIZE,
+                         bar0_access, VFU_REGION_FLAG_RW | VFU_REGION_FLAG_MEM,
+                         NULL, 0, -1, 0) < 0 ||
+        vfu_setup_region(ctx, VFU_PCI_DEV_BAR1_REGION_IDX, BAR1_SIZE,
+                         bar1_access, VFU_REGION_FLAG_RW | VFU_REGION_FLAG_MEM,
+                         &bar1_mmap, 1, fd, 0) < 0) {
+        err(EXIT_FAILURE, "vfu_setup_region");
+    }
+    if (vfu_setup_device_nr_irqs(ctx, VFU_DEV_INTX_IRQ, 1) < 0 ||
+        vfu_setup_device_dma(ctx, dma_register, dma_unregister) < 0 ||
+        vfu_setup_device_reset_cb(ctx, reset_cb) < 0) {
+        err(EXIT_FAILURE, "vfu_setup_device");
+    }
+    if (vfu_realize_ctx(ctx) < 0) {
+        err(EXIT_FAILURE, "vfu_realize_ctx");
+    }
+
+    for (;;) {
+        if (vfu_attach_ctx(ctx) < 0) {
+            err(EXIT_FAILURE, "vfu_attach_ctx");
+        }
+        while (vfu_run_ctx(ctx) >= 0 || errno == EINTR) {
+            continue;
+        }
+        if (errno != ENOTCONN && errno != ECONNRESET) {
+            err(EXIT_FAILURE, "vfu_run_ctx");
+        }
+    }
+}
