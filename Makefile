@@ -16,6 +16,10 @@ QEMU_BUILD := $(TREE)/build
 SERIES_OUT := $(REPO)/out/series
 JOBS ?= $(shell nproc)
 
+# Let ccache share results between checkouts in different directories
+export CCACHE_BASEDIR := $(REPO)
+export CCACHE_NOHASHDIR := true
+
 CONFIGURE_FLAGS := \
 	--python=/usr/bin/python3 \
 	--target-list=x86_64-softmmu \
