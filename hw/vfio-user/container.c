@@ -129,7 +129,7 @@ static VFIOUserHdr *vfio_user_dma_rw(VFIOUserContainer *container,
     while (done < rw->count) {
         DMAMap want = { .iova = rw->offset + done, .size = 0 };
         const DMAMap *map = iova_tree_find(container->mappings, &want);
-        uint64_t chunk;
+        uint64_t left_in_map;
 
         if (!map || (write && map->perm == IOMMU_RO)) {
             trace_vfio_user_dma_denied(container->proxy->sockname,
@@ -137,8 +137,12 @@ static VFIOUserHdr *vfio_user_dma_rw(VFIOUserContainer *container,
             *error = EFAULT;
             return NULL;
         }
-        chunk = MIN(rw->count - done, map->iova + map->size - want.iova + 1);
-        done += chunk;
+        /* Inclusive sizes: this cannot overflow even for a map to 2^64 - 1 */
+        left_in_map = map->iova + map->size - want.iova;
+        if (rw->count - done - 1 <= left_in_map) {
+            break;
+        }
+        done += left_in_map + 1;
     }
 
     reply_size = sizeof(*reply) + (write ? 0 : rw->count);

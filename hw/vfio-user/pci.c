@@ -3,7 +3,7 @@
  *
  * The guest-facing side is hw/vfio's PCI code (config space, BARs,
  * interrupts, reset); this file only connects to the server and attaches
- * the device to the vfio-user transport and IOMMU backend.
+ * the device to the vfio-user transport and its IOMMU backend.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */

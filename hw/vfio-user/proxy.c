@@ -84,21 +84,25 @@ static int vfio_user_fd(VFIOUserProxy *proxy)
 static void vfio_user_readable(void *opaque);
 
 /*
- * The server went away or broke the protocol: stop talking to it.  The
- * device stays in place; its accesses fail from now on.
+ * The server went away or broke the protocol: stop talking to it, and pass
+ * @err on to @errp.  The device stays in place and its accesses fail from
+ * now on; once the device is in use, that deserves a report of its own,
+ * since its accesses have nobody to tell.
  */
-static void vfio_user_connection_lost(VFIOUserProxy *proxy, Error *err)
+static void vfio_user_connection_lost(VFIOUserProxy *proxy, Error *err,
+                                      Error **errp)
 {
-    if (!proxy->connected) {
-        error_free(err);
-        return;
+    if (proxy->connected) {
+        proxy->connected = false;
+        qemu_set_fd_handler(vfio_user_fd(proxy), NULL, NULL, NULL);
+        qio_channel_shutdown(proxy->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+        trace_vfio_user_connection_lost(proxy->sockname);
+        if (proxy->established) {
+            error_report("%s; the device is disconnected",
+                         error_get_pretty(err));
+        }
     }
-    proxy->connected = false;
-    qemu_set_fd_handler(vfio_user_fd(proxy), NULL, NULL, NULL);
-    qio_channel_shutdown(proxy->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
-    trace_vfio_user_connection_lost(proxy->sockname);
-    error_prepend(&err, "vfio-user %s: connection lost: ", proxy->sockname);
-    error_report_err(err);
+    error_propagate(errp, err);
 }
 
 /* Wait until the socket is readable; -ETIMEDOUT once @deadline_ms passes */
@@ -294,7 +298,8 @@ static void vfio_user_readable(void *opaque)
             ret = vfio_user_dispatch(proxy, &msg, &err);
         }
         if (ret < 0) {
-            vfio_user_connection_lost(proxy, err);
+            error_prepend(&err, "vfio-user %s: ", proxy->sockname);
+            vfio_user_connection_lost(proxy, err, NULL);
             return;
         }
     }
@@ -376,11 +381,10 @@ int vfio_user_request(VFIOUserProxy *proxy, VFIOUserHdr *req,
         return 0;
     }
 
-    /* The link is unusable: say why once, then fail this request */
-    error_prepend(&err, "%s (id %u): ", name, req->id);
-    error_setg(errp, "vfio-user %s: %s failed: %s", proxy->sockname, name,
-               error_get_pretty(err));
-    vfio_user_connection_lost(proxy, err);
+    /* The link is unusable */
+    error_prepend(&err, "vfio-user %s: %s (id %u) failed: ", proxy->sockname,
+                  name, req->id);
+    vfio_user_connection_lost(proxy, err, errp);
     return ret;
 }
 
@@ -564,7 +568,6 @@ bool vfio_user_negotiate(VFIOUserProxy *proxy, Error **errp)
     memcpy(msg->capabilities, json, strlen(json) + 1);
 
     if (vfio_user_request(proxy, &msg->hdr, NULL, 0, &reply, errp) < 0) {
-        error_prepend(errp, "version negotiation failed: ");
         return false;
     }
 
@@ -600,6 +603,7 @@ bool vfio_user_negotiate(VFIOUserProxy *proxy, Error **errp)
     trace_vfio_user_version(proxy->sockname, version->major, version->minor,
                             proxy->max_send_fds, proxy->max_xfer_size);
 
+    proxy->established = true;
     qemu_set_fd_handler(vfio_user_fd(proxy), vfio_user_readable, NULL,
                         proxy);
     return true;

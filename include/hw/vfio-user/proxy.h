@@ -13,7 +13,8 @@
 #include "hw/vfio-user/protocol.h"
 
 /* What we accept from a server in one message */
-#define VFIO_USER_CLIENT_MAX_FDS   16
+/* Below what QIOChannelSocket takes in, so that excess fds can be seen */
+#define VFIO_USER_CLIENT_MAX_FDS   8
 #define VFIO_USER_CLIENT_MAX_XFER  VFIO_USER_DEF_MAX_XFER
 
 typedef struct VFIOUserProxy VFIOUserProxy;
@@ -41,6 +42,7 @@ struct VFIOUserProxy {
     uint16_t next_id;
     uint32_t timeout_ms;        /* for each request's reply */
     bool connected;
+    bool established;           /* negotiated: the device may be in use */
 
     /* What the server accepts, from its VERSION reply */
     uint16_t minor;
