@@ -26,6 +26,17 @@ static VFIOUserDevice *vfio_user_dev(VFIODevice *vbasedev)
     return vbasedev->io_opaque;
 }
 
+/*
+ * Once the server is gone, the device behaves like a PCI device that was
+ * surprise-removed: reads return all ones, everything else does nothing.
+ * The disconnection was reported once; a guest polling a register must not
+ * flood the log with a failure per access.
+ */
+static bool vfio_user_dev_gone(VFIOUserDevice *udev)
+{
+    return !udev->proxy->connected;
+}
+
 /* Log why an operation failed; hw/vfio's callers only see the errno */
 static int vfio_user_io_failed(VFIODevice *vbasedev, int ret, Error *err)
 {
@@ -305,6 +316,9 @@ static int vfio_user_set_irqs(VFIODevice *vbasedev,
     uint32_t i, run;
     int ret;
 
+    if (vfio_user_dev_gone(udev)) {
+        return 0;
+    }
     switch (irq_set->flags & VFIO_IRQ_SET_DATA_TYPE_MASK) {
     case VFIO_IRQ_SET_DATA_NONE:
         return vfio_user_send_irq_set(vbasedev, irq_set, irq_set->start,
@@ -362,6 +376,10 @@ static int vfio_user_region_read(VFIODevice *vbasedev, uint8_t index,
     if (ret < 0) {
         return ret;
     }
+    if (vfio_user_dev_gone(udev)) {
+        memset(data, 0xff, size);
+        return size;
+    }
     while (done < size) {
         uint32_t count = MIN(size - done, udev->proxy->max_xfer_size);
         VFIOUserRegionRW msg = { };
@@ -405,6 +423,9 @@ static int vfio_user_region_write(VFIODevice *vbasedev, uint8_t index,
     if (ret < 0) {
         return ret;
     }
+    if (vfio_user_dev_gone(udev)) {
+        return size;
+    }
     while (done < size) {
         uint32_t count = MIN(size - done, udev->proxy->max_xfer_size);
         size_t msg_size = sizeof(VFIOUserRegionRW) + count;
@@ -432,6 +453,9 @@ static int vfio_user_device_reset(VFIODevice *vbasedev)
     Error *err = NULL;
     int ret;
 
+    if (vfio_user_dev_gone(udev)) {
+        return 0;
+    }
     vfio_user_request_init(&msg, VFIO_USER_DEVICE_RESET, sizeof(msg));
     ret = vfio_user_request(udev->proxy, &msg, NULL, 0, NULL, &err);
     if (ret < 0) {

@@ -314,6 +314,8 @@ static void test_server_sparse_mmap(void)
     server_stop(s);
 }
 
+static int count_fds(pid_t pid);
+
 /* Our own server: tests/qtest/vfio-user-test-server.c */
 #define TS_VENDOR_ID    0x1b36
 #define TS_DEVICE_ID    0x00f0
@@ -603,6 +605,50 @@ static void test_reset(void)
     g_assert_cmpuint(qpci_io_readl(t.dev, t.bar0, TS_RESETS), ==,
                      before + 1);
     test_dev_stop(&t);
+}
+
+/*
+ * The server dies under a running guest: QEMU says so once, keeps
+ * running, the device reads as all ones (like a surprise-removed PCI
+ * device) and can still be unplugged with every fd given back.
+ */
+static void test_server_death(void)
+{
+    TestServer *s = test_server_start();
+    QTestState *qts;
+    QPCIBus *bus;
+    QPCIDevice *dev;
+    QPCIBar bar0;
+    QDict *resp;
+    int before;
+
+    if (!s) {
+        return;
+    }
+    qts = qtest_init("-M pc -nodefaults");
+    bus = qpci_new_pc(qts, NULL);
+    before = count_fds(qtest_pid(qts));
+    qtest_qmp_device_add(qts, "vfio-user-pci", "vu0",
+                         "{'addr': '5', 'socket': %s}", s->sock);
+    dev = find_device(bus);
+    bar0 = qpci_iomap(dev, 0, NULL);
+    g_assert_cmphex(qpci_io_readl(dev, bar0, 0), ==, TS_ID);
+
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, NULL, 0);
+    g_assert_cmphex(qpci_io_readl(dev, bar0, 0), ==, 0xffffffff);
+    g_assert_cmphex(qpci_io_readl(dev, bar0, TS_SCRATCH0), ==, 0xffffffff);
+
+    resp = qtest_qmp(qts, "{'execute': 'query-status'}");
+    g_assert_true(qdict_haskey(resp, "return"));
+    qobject_unref(resp);
+
+    qpci_unplug_acpi_device_test(qts, "vu0", TEST_SLOT);
+    g_assert_cmpint(count_fds(qtest_pid(qts)), ==, before);
+    g_free(dev);
+    qpci_free_pc(bus);
+    qtest_quit(qts);
+    server_stop(s);
 }
 
 static int count_fds(pid_t pid)
@@ -971,6 +1017,7 @@ int main(int argc, char **argv)
     qtest_add_func("/vfio-user/test-server/dma-messages", test_dma_messages);
     qtest_add_func("/vfio-user/test-server/dma-shared", test_dma_shared);
     qtest_add_func("/vfio-user/test-server/reset", test_reset);
+    qtest_add_func("/vfio-user/test-server/server-death", test_server_death);
     qtest_add_func("/vfio-user/hotplug/no-fd-leak", test_hotplug_no_fd_leak);
     qtest_add_func("/vfio-user/error/no-socket", test_error_no_socket);
     qtest_add_func("/vfio-user/error/missing-path", test_error_missing_path);
