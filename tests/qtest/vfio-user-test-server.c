@@ -14,9 +14,12 @@
  *   0x120  STATUS    ro  0, or the (positive) errno of the last command
  *   0x124  MAPPED    ro  1 if the last DMA went to memory mapped from an fd
  *   0x128  RESETS    ro  how many DEVICE_RESETs were received
+ *   0x12c  VECTOR    rw  the MSI-X vector CMD_MSIX triggers
  *   0x200  CMD       wo  CMD_* below
  * BAR1 (8 KiB, memory): backed by a memfd; its first page is offered for
  *   mmap(), its second is reached through messages.
+ * BAR2 (4 KiB, memory): MSI-X table at 0, PBA at 0x800, for NR_MSIX
+ *   vectors: more than libvfio-user takes fds in one message.
  *
  * usage: vfio-user-test-server SOCKET_PATH
  * Serves one client after another until killed.
@@ -36,6 +39,7 @@
 #include <unistd.h>
 
 #include "libvfio-user.h"
+#include "pci_caps/msix.h"
 
 #define VFIO_USER_TEST_VENDOR   0x1b36  /* Red Hat's range for QEMU tests */
 #define VFIO_USER_TEST_DEVICE   0x00f0
@@ -51,14 +55,19 @@
 #define REG_STATUS      0x120
 #define REG_MAPPED      0x124
 #define REG_RESETS      0x128
+#define REG_VECTOR      0x12c
 #define REG_CMD         0x200
 
 #define CMD_INTX        1
 #define CMD_DMA_WRITE   2
 #define CMD_DMA_READ    3
+#define CMD_MSIX        4
 
 #define BAR0_SIZE       0x1000
 #define BAR1_SIZE       0x2000
+#define BAR2_SIZE       0x1000
+#define MSIX_PBA_OFFSET 0x800
+#define NR_MSIX         12
 #define DMA_MAX         (64 * 1024)
 
 static uint8_t regs[BAR0_SIZE];
@@ -152,6 +161,12 @@ static int run_cmd(vfu_ctx_t *ctx, uint32_t cmd)
         return do_dma(ctx, true);
     case CMD_DMA_READ:
         return do_dma(ctx, false);
+    case CMD_MSIX:
+        if (*(uint32_t *)(regs + REG_VECTOR) >= NR_MSIX) {
+            return -EINVAL;
+        }
+        return vfu_irq_trigger(ctx, *(uint32_t *)(regs + REG_VECTOR)) < 0 ?
+               -errno : 0;
     default:
         return -EINVAL;
     }
@@ -176,7 +191,8 @@ static ssize_t bar0_access(vfu_ctx_t *ctx, char *buf, size_t count,
         set_reg32(REG_STATUS, -run_cmd(ctx, cmd));
         return count;
     }
-    if (offset < REG_SCRATCH0 || offset + count > REG_DMA_SUM) {
+    if ((offset < REG_SCRATCH0 || offset + count > REG_DMA_SUM) &&
+        (offset < REG_VECTOR || offset + count > REG_VECTOR + 4)) {
         errno = EPERM;
         return -1;
     }
@@ -199,6 +215,20 @@ static ssize_t bar1_access(vfu_ctx_t *ctx, char *buf, size_t count,
     return count;
 }
 
+/* QEMU emulates the MSI-X table and PBA: nothing to do here */
+static ssize_t bar2_access(vfu_ctx_t *ctx, char *buf, size_t count,
+                           loff_t offset, bool is_write)
+{
+    if (offset < 0 || offset + count > BAR2_SIZE) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (!is_write) {
+        memset(buf, 0, count);
+    }
+    return count;
+}
+
 static int reset_cb(vfu_ctx_t *ctx, vfu_reset_type_t type)
 {
     set_reg32(REG_RESETS, ((uint32_t *)regs)[REG_RESETS / 4] + 1);
@@ -216,6 +246,14 @@ static void dma_unregister(vfu_ctx_t *ctx, vfu_dma_info_t *info)
 int main(int argc, char **argv)
 {
     struct iovec bar1_mmap = { .iov_base = 0, .iov_len = 0x1000 };
+    struct msixcap msix = {
+        .hdr.id = PCI_CAP_ID_MSIX,
+        .mxc.ts = NR_MSIX - 1,
+        .mtab.tbir = VFU_PCI_DEV_BAR2_REGION_IDX,
+        .mtab.to = 0,
+        .mpba.pbir = VFU_PCI_DEV_BAR2_REGION_IDX,
+        .mpba.pbao = MSIX_PBA_OFFSET >> 3,
+    };
     vfu_ctx_t *ctx;
     int fd;
 
@@ -248,10 +286,17 @@ int main(int argc, char **argv)
                          NULL, 0, -1, 0) < 0 ||
         vfu_setup_region(ctx, VFU_PCI_DEV_BAR1_REGION_IDX, BAR1_SIZE,
                          bar1_access, VFU_REGION_FLAG_RW | VFU_REGION_FLAG_MEM,
-                         &bar1_mmap, 1, fd, 0) < 0) {
+                         &bar1_mmap, 1, fd, 0) < 0 ||
+        vfu_setup_region(ctx, VFU_PCI_DEV_BAR2_REGION_IDX, BAR2_SIZE,
+                         bar2_access, VFU_REGION_FLAG_RW | VFU_REGION_FLAG_MEM,
+                         NULL, 0, -1, 0) < 0) {
         err(EXIT_FAILURE, "vfu_setup_region");
     }
+    if (vfu_pci_add_capability(ctx, 0, 0, &msix) < 0) {
+        err(EXIT_FAILURE, "vfu_pci_add_capability");
+    }
     if (vfu_setup_device_nr_irqs(ctx, VFU_DEV_INTX_IRQ, 1) < 0 ||
+        vfu_setup_device_nr_irqs(ctx, VFU_DEV_MSIX_IRQ, NR_MSIX) < 0 ||
         vfu_setup_device_dma(ctx, dma_register, dma_unregister) < 0 ||
         vfu_setup_device_reset_cb(ctx, reset_cb) < 0) {
         err(EXIT_FAILURE, "vfu_setup_device");
