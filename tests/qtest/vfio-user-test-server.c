@@ -19,7 +19,7 @@
  * BAR1 (8 KiB, memory): backed by a memfd; its first page is offered for
  *   mmap(), its second is reached through messages.
  * BAR2 (4 KiB, memory): MSI-X table at 0, PBA at 0x800, for NR_MSIX
- *   vectors: more than libvfio-user takes fds in one message.
+ *   vectors.
  *
  * usage: vfio-user-test-server SOCKET_PATH
  * Serves one client after another until killed.
