@@ -303,6 +303,38 @@ static int vfio_user_send_irq_set(VFIODevice *vbasedev,
 }
 
 /*
+ * A server masks its MSI and MSI-X vectors until told otherwise (its
+ * device starts masked, as PCI devices do), while hw/vfio masks vectors on
+ * the guest's behalf in QEMU and never asks a kernel device to unmask:
+ * unmask on the server the vectors that get an eventfd.
+ *
+ * QEMU's own x-vfio-user-server treats count as an end index; unmasking
+ * from vector 0 means the same to it and to a server that reads the spec.
+ * Vectors below @end that have no eventfd stay silent either way.
+ *
+ * libvfio-user serves UNMASK without saying VFIO_IRQ_INFO_MASKABLE, so
+ * this is tried on every server, and a server that refuses it (it then
+ * has nothing masked to speak of) is not an error.
+ */
+static void vfio_user_unmask_vectors(VFIODevice *vbasedev,
+                                     struct vfio_irq_set *irq_set,
+                                     uint32_t end)
+{
+    struct vfio_irq_set unmask = {
+        .flags = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK,
+        .index = irq_set->index,
+    };
+
+    if ((irq_set->index != VFIO_PCI_MSI_IRQ_INDEX &&
+         irq_set->index != VFIO_PCI_MSIX_IRQ_INDEX) ||
+        (irq_set->flags & VFIO_IRQ_SET_ACTION_TYPE_MASK) !=
+        VFIO_IRQ_SET_ACTION_TRIGGER) {
+        return;
+    }
+    vfio_user_send_irq_set(vbasedev, &unmask, 0, end, NULL, 0, NULL, 0);
+}
+
+/*
  * Eventfds travel as SCM_RIGHTS, where -1 ("tear this vector down") cannot
  * be expressed and at most max_send_fds fit: send runs of real fds in
  * chunks the server accepts, and runs of -1 as "no fds" for their range.
@@ -347,6 +379,10 @@ static int vfio_user_set_irqs(VFIODevice *vbasedev,
                                      assign ? run : 0);
         if (ret < 0) {
             return ret;
+        }
+        if (assign) {
+            vfio_user_unmask_vectors(vbasedev, irq_set,
+                                     irq_set->start + i + run);
         }
     }
     return 0;

@@ -1,0 +1,72 @@
+#!/bin/bash
+# End to end: QEMU as a vfio-user server exports an emulated NVMe
+# controller (x-vfio-user-server); a second QEMU (TCG) boots the Debian
+# kernel with vfio-user-pci on that socket, and the guest writes, drops its
+# caches, reads back and checks a pattern, with MSI-X interrupts.
+#
+# usage: e2e-nvme.sh QEMU GUEST_DIR WORK_DIR [shared|unshared] [iommu]
+#   shared    guest RAM is a memfd the server maps (default)
+#   unshared  guest RAM has no fd: DMA travels as DMA_READ/DMA_WRITE
+#   iommu     the guest has an intel-iommu (caching-mode=on)
+# Exits 0 when the guest reports PASS.
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
+set -uo pipefail
+
+qemu=$(realpath "$1")
+guest=$(realpath "$2")
+work=$(realpath -m "$3")
+memory=${4:-shared}
+iommu=${5:-}
+timeout=${VFIO_USER_E2E_TIMEOUT:-240}
+
+rm -rf "$work"
+mkdir -p "$work"
+sock=$work/nvme.sock
+truncate -s 64M "$work/disk.img"
+
+"$qemu" -machine x-remote,vfio-user=on -nodefaults -display none \
+    -drive id=drv0,file="$work/disk.img",format=raw,if=none,cache=none \
+    -device nvme,drive=drv0,serial=vfio-user-e2e,id=nvme0 \
+    -object '{"qom-type":"x-vfio-user-server","id":"vfu0","device":"nvme0","socket":{"type":"unix","path":"'"$sock"'"}}' \
+    >"$work/server.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
+
+for _ in $(seq 100); do
+    [ -S "$sock" ] && break
+    sleep 0.1
+done
+if [ ! -S "$sock" ]; then
+    echo "e2e: the server did not create $sock"
+    cat "$work/server.log"
+    exit 1
+fi
+
+machine=q35
+args=()
+append="console=ttyS0 panic=-1"
+if [ "$memory" = shared ]; then
+    machine+=",memory-backend=mem0"
+    args+=(-object memory-backend-memfd,id=mem0,size=512M,share=on)
+fi
+if [ "$iommu" = iommu ]; then
+    machine+=",kernel-irqchip=split"
+    args+=(-device intel-iommu,caching-mode=on,intremap=on)
+    append+=" intel_iommu=on iommu=strict"
+fi
+
+timeout -k 5 "$timeout" "$qemu" -M "$machine" -accel tcg -m 512M -smp 1 \
+    -nodefaults -display none -no-reboot -serial stdio \
+    -kernel "$guest/vmlinuz" -initrd "$guest/initramfs.gz" \
+    -append "$append" "${args[@]}" \
+    -device vfio-user-pci,socket="$sock",id=nvme-vfu \
+    >"$work/guest.log" 2>&1
+rc=$?
+
+grep -E '^VFIO-USER-E2E|^e2e:|nvme' "$work/guest.log" | tail -n 12
+if [ $rc -ne 0 ]; then
+    echo "e2e: guest QEMU exited with $rc (124: timed out after ${timeout}s)"
+    tail -n 20 "$work/guest.log"
+fi
+grep -q '^VFIO-USER-E2E: PASS' "$work/guest.log"
