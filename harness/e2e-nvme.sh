@@ -60,7 +60,7 @@ timeout -k 5 "$timeout" "$qemu" -M "$machine" -accel tcg -m 512M -smp 1 \
     -nodefaults -display none -no-reboot -serial stdio \
     -kernel "$guest/vmlinuz" -initrd "$guest/initramfs.gz" \
     -append "$append" "${args[@]}" \
-    -device vfio-user-pci,socket="$sock",id=nvme-vfu \
+    -device vfio-user-pci,socket="$sock",id=nvme-vfu ${VFIO_USER_E2E_QEMU_ARGS:-} \
     >"$work/guest.log" 2>&1
 rc=$?
 

@@ -76,30 +76,53 @@ static int vfio_user_dma_map(const VFIOContainerBase *bcontainer, hwaddr iova,
     return 0;
 }
 
-static int vfio_user_dma_unmap(const VFIOContainerBase *bcontainer,
-                               hwaddr iova, ram_addr_t size,
-                               IOMMUTLBEntry *iotlb)
+static int vfio_user_send_unmap(VFIOUserContainer *container,
+                                const DMAMap *map)
 {
-    VFIOUserContainer *container = VFIO_IOMMU_USER(bcontainer);
     VFIOUserDMAUnmap msg = { };
-    DMAMap map = { .iova = iova, .size = size - 1 };
     Error *err = NULL;
     int ret;
 
     vfio_user_request_init(&msg.hdr, VFIO_USER_DMA_UNMAP, sizeof(msg));
     msg.argsz = sizeof(msg) - sizeof(msg.hdr);
-    msg.iova = iova;
-    msg.size = size;
-    trace_vfio_user_dma_unmap(container->proxy->sockname, iova, size);
-
-    /* Whatever the server says, it may no longer DMA there */
-    iova_tree_remove(container->mappings, map);
-    if (!container->proxy->connected) {
-        return 0;
-    }
+    msg.iova = map->iova;
+    msg.size = map->size + 1;
+    trace_vfio_user_dma_unmap(container->proxy->sockname, msg.iova,
+                              msg.size);
     ret = vfio_user_request(container->proxy, &msg.hdr, NULL, 0, NULL, &err);
     if (ret < 0) {
         error_report_err(err);
+    }
+    return ret;
+}
+
+/*
+ * hw/vfio unmaps ranges the way the kernel's type1 IOMMU allows: any
+ * range, covering any number of mappings (a vIOMMU invalidating its whole
+ * address space, say).  A vfio-user server only unmaps what was mapped, as
+ * it was mapped: unmap each mapping the range touches.
+ */
+static int vfio_user_dma_unmap(const VFIOContainerBase *bcontainer,
+                               hwaddr iova, ram_addr_t size,
+                               IOMMUTLBEntry *iotlb)
+{
+    VFIOUserContainer *container = VFIO_IOMMU_USER(bcontainer);
+    DMAMap range = { .iova = iova, .size = size - 1 };
+    const DMAMap *found;
+    int ret = 0;
+
+    if (!size) {
+        return 0;
+    }
+    while ((found = iova_tree_find(container->mappings, &range))) {
+        DMAMap map = *found;
+
+        /* Whatever the server says, it may no longer DMA there */
+        iova_tree_remove(container->mappings, map);
+        if (container->proxy->connected &&
+            vfio_user_send_unmap(container, &map) < 0) {
+            ret = -EIO;
+        }
     }
     return ret;
 }
