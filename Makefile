@@ -36,9 +36,13 @@ NINJA_TARGETS := qemu-system-x86_64 tests/qtest/vfio-user-test \
 	tests/qtest/vfio-user-test-server \
 	$(addprefix subprojects/libvfio-user/samples/,$(SAMPLES))
 
-.PHONY: all deps fetch tree configure qemu check series check-series clean
+GUEST := $(BUILD)/guest
+QEMU_BIN := $(BUILD)/qemu-system-x86_64
 
-all: qemu
+.PHONY: all deps fetch tree configure qemu guest check series check-series \
+	demo clean
+
+all: qemu guest
 
 deps: $(STAMPS)/deps
 $(STAMPS)/deps: harness/install-deps.sh
@@ -68,9 +72,20 @@ qemu: tree configure
 	done
 	ln -sf qemu/build/qemu-system-x86_64 $(BUILD)/qemu-system-x86_64
 
-check: qemu
+# The Linux test guest: Debian's kernel and busybox in an initramfs
+guest: $(STAMPS)/deps
+	harness/build-guest.sh $(REPO) $(GUEST)
+
+check: qemu guest
 	harness/run-tests.sh $(QEMU_BUILD) $(REPO)/out/test-results \
-		$(MAKE) -C $(REPO) --no-print-directory check-series
+		"e2e: Linux guest, NVMe via x-vfio-user-server, MSI-X" \
+		"$(REPO)/harness/e2e-nvme.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/e2e-nvme shared" \
+		"series: export, git am, checkpatch" \
+		"$(MAKE) -C $(REPO) --no-print-directory check-series"
+
+# Show a new user the whole thing working
+demo: qemu guest
+	harness/demo.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/demo
 
 series:
 	harness/export-series.sh $(REPO) $(PRISTINE) $(SERIES_OUT)

@@ -52,7 +52,7 @@ apt-get install -y -q --no-install-recommends \
     libglib2.0-dev libfdt-dev libpixman-1-dev zlib1g-dev libslirp-dev \
     libjson-c-dev libcmocka-dev \
     seabios qemu-system-data ipxe-qemu \
-    perl cpio binutils
+    perl cpio binutils bc
 apt-get install -y -q --no-install-recommends -t bookworm-backports \
     meson python3-pycotap
 

@@ -1,12 +1,12 @@
 #!/bin/bash
 # Run the vfio-user tests and print one summary line.
 #
-# usage: run-tests.sh QEMU_BUILD_DIR RESULTS_DIR [SERIES_CHECK_CMD...]
+# usage: run-tests.sh QEMU_BUILD_DIR RESULTS_DIR [NAME COMMAND]...
 #
 # Each qtest case runs in a process of its own (a failed assertion aborts
 # its process) and in a process group of its own, so that a failing case
-# cannot leave server processes behind.  SERIES_CHECK_CMD, if given, is a
-# command whose success is counted as one more test.
+# cannot leave server processes behind.  Each NAME COMMAND pair is one more
+# test: COMMAND (a shell command) passes when it exits 0.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
 set -uo pipefail
@@ -74,14 +74,16 @@ for test in tests/qtest/vfio-user-test; do
     done
 done
 
-if [ $# -gt 0 ]; then
-    log=$results/series.log
-    if "$@" >"$log" 2>&1; then
-        record "series: export, git am, checkpatch" pass "$log"
+while [ $# -ge 2 ]; do
+    name=$1
+    log=$results/$(echo "$name" | tr -c 'a-zA-Z0-9\n' '_' | cut -c1-40).log
+    if run "$name" "$log" bash -c "$2"; then
+        record "$name" pass "$log"
     else
-        record "series: export, git am, checkpatch" fail "$log"
+        record "$name" fail "$log"
     fi
-fi
+    shift 2
+done
 
 echo
 if [ $failed -gt 0 ]; then
