@@ -16,6 +16,11 @@
  *   0x128  RESETS    ro  how many DEVICE_RESETs were received
  *   0x12c  VECTOR    rw  the MSI-X vector CMD_MSIX triggers
  *   0x200  CMD       wo  CMD_* below
+ * CMD_RAW_* send, past libvfio-user's own checks, requests a well-behaved
+ * server would not: DMA_READ/DMA_WRITE of DMA_ADDR/DMA_LEN whatever was
+ * mapped, and a message with more fds than the client accepts.  STATUS
+ * then holds the errno the client replied with.
+ *
  * BAR1 (8 KiB, memory): backed by a memfd; its first page is offered for
  *   mmap(), its second is reached through messages.
  * BAR2 (4 KiB, memory): MSI-X table at 0, PBA at 0x800, for NR_MSIX
@@ -35,7 +40,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "libvfio-user.h"
@@ -62,6 +69,31 @@
 #define CMD_DMA_WRITE   2
 #define CMD_DMA_READ    3
 #define CMD_MSIX        4
+#define CMD_RAW_DMA_READ  5
+#define CMD_RAW_DMA_WRITE 6
+#define CMD_RAW_FDS       7
+
+/* The wire format, from the protocol specification */
+#define VFIO_USER_DMA_READ_CMD  11
+#define VFIO_USER_DMA_WRITE_CMD 12
+#define VFIO_USER_F_REPLY       0x1
+#define VFIO_USER_F_ERROR       0x20
+#define RAW_MSG_ID              0xfff0
+#define RAW_NR_FDS              10
+
+struct raw_hdr {
+    uint16_t id;
+    uint16_t command;
+    uint32_t size;
+    uint32_t flags;
+    uint32_t error;
+} __attribute__((packed));
+
+struct raw_dma {
+    struct raw_hdr hdr;
+    uint64_t addr;
+    uint64_t count;
+} __attribute__((packed));
 
 #define BAR0_SIZE       0x1000
 #define BAR1_SIZE       0x2000
@@ -152,6 +184,105 @@ static int do_dma(vfu_ctx_t *ctx, bool write)
     return 0;
 }
 
+static bool full_io(int fd, void *buf, size_t len, bool write)
+{
+    while (len) {
+        ssize_t n = write ? send(fd, buf, len, MSG_NOSIGNAL)
+                          : recv(fd, buf, len, 0);
+
+        if (n <= 0) {
+            return false;
+        }
+        buf = (char *)buf + n;
+        len -= n;
+    }
+    return true;
+}
+
+/*
+ * Send a DMA request of our own on the connection, and read its reply
+ * before libvfio-user can: we run inside a REGION_WRITE callback, while
+ * the client waits for that reply and serves requests meanwhile.
+ */
+static int raw_dma(vfu_ctx_t *ctx, bool write, int nfds)
+{
+    uint64_t len = reg64(REG_DMA_LEN);
+    size_t size = sizeof(struct raw_dma) + (write ? len : 0);
+    struct raw_dma *req = calloc(1, size);
+    char control[CMSG_SPACE(sizeof(int) * RAW_NR_FDS)] = { 0 };
+    struct iovec iov = { .iov_base = req, .iov_len = size };
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+    int fd = vfu_get_poll_fd(ctx), fds[RAW_NR_FDS], i, ret = 0;
+    struct raw_hdr reply;
+    uint64_t sum = 0;
+
+    if (!req || (write && len > DMA_MAX)) {
+        free(req);
+        return -EINVAL;
+    }
+    req->hdr.id = RAW_MSG_ID;
+    req->hdr.command = write ? VFIO_USER_DMA_WRITE_CMD : VFIO_USER_DMA_READ_CMD;
+    req->hdr.size = size;
+    req->addr = reg64(REG_DMA_ADDR);
+    req->count = len;
+    if (write) {
+        memset(req + 1, regs[REG_DMA_FILL], len);
+    }
+    if (nfds) {
+        struct cmsghdr *cmsg;
+
+        mh.msg_control = control;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+        cmsg = CMSG_FIRSTHDR(&mh);
+        cmsg->cmsg_level = SOL_SOCKET;
+        cmsg->cmsg_type = SCM_RIGHTS;
+        cmsg->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+        for (i = 0; i < nfds; i++) {
+            fds[i] = memfd_create("vfio-user-test-extra-fd", 0);
+        }
+        memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * nfds);
+    }
+    if (sendmsg(fd, &mh, MSG_NOSIGNAL) != (ssize_t)size) {
+        ret = -EIO;
+    }
+    for (i = 0; i < nfds; i++) {
+        close(fds[i]);
+    }
+    free(req);
+    if (ret || !full_io(fd, &reply, sizeof(reply), false)) {
+        return -EIO;
+    }
+    if (reply.id != RAW_MSG_ID || !(reply.flags & VFIO_USER_F_REPLY) ||
+        reply.size < sizeof(reply)) {
+        return -EPROTO;
+    }
+    /* The rest of the reply: address and count, then the data read */
+    size = reply.size - sizeof(reply);
+    if (!(reply.flags & VFIO_USER_F_ERROR) && size >= 2 * sizeof(uint64_t)) {
+        uint64_t echo[2];
+
+        if (!full_io(fd, echo, sizeof(echo), false)) {
+            return -EIO;
+        }
+        size -= sizeof(echo);
+    }
+    for (; size; size--) {
+        uint8_t byte;
+
+        if (!full_io(fd, &byte, 1, false)) {
+            return -EIO;
+        }
+        sum += byte;
+    }
+    if (reply.flags & VFIO_USER_F_ERROR) {
+        return reply.error ? -(int)reply.error : -EINVAL;
+    }
+    if (!write) {
+        set_reg64(REG_DMA_SUM, sum);
+    }
+    return 0;
+}
+
 static int run_cmd(vfu_ctx_t *ctx, uint32_t cmd)
 {
     switch (cmd) {
@@ -161,6 +292,12 @@ static int run_cmd(vfu_ctx_t *ctx, uint32_t cmd)
         return do_dma(ctx, true);
     case CMD_DMA_READ:
         return do_dma(ctx, false);
+    case CMD_RAW_DMA_READ:
+        return raw_dma(ctx, false, 0);
+    case CMD_RAW_DMA_WRITE:
+        return raw_dma(ctx, true, 0);
+    case CMD_RAW_FDS:
+        return raw_dma(ctx, true, RAW_NR_FDS);
     case CMD_MSIX:
         if (*(uint32_t *)(regs + REG_VECTOR) >= NR_MSIX) {
             return -EINVAL;
@@ -260,6 +397,8 @@ int main(int argc, char **argv)
     if (argc != 2) {
         errx(EXIT_FAILURE, "usage: %s SOCKET_PATH", argv[0]);
     }
+    /* A client that drops us must not kill us: we serve the next one */
+    signal(SIGPIPE, SIG_IGN);
 
     fd = memfd_create("vfio-user-test-bar1", 0);
     if (fd < 0 || ftruncate(fd, BAR1_SIZE) < 0) {
@@ -312,7 +451,7 @@ int main(int argc, char **argv)
         while (vfu_run_ctx(ctx) >= 0 || errno == EINTR) {
             continue;
         }
-        if (errno != ENOTCONN && errno != ECONNRESET) {
+        if (errno != ENOTCONN && errno != ECONNRESET && errno != EPIPE) {
             err(EXIT_FAILURE, "vfu_run_ctx");
         }
     }

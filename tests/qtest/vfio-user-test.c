@@ -335,6 +335,9 @@ static int count_fds(pid_t pid);
 #define TS_CMD_DMA_WRITE 2
 #define TS_CMD_DMA_READ 3
 #define TS_CMD_MSIX     4
+#define TS_CMD_RAW_DMA_READ  5
+#define TS_CMD_RAW_DMA_WRITE 6
+#define TS_CMD_RAW_FDS       7
 #define TS_NR_MSIX      12
 
 static TestServer *test_server_start(void)
@@ -674,6 +677,64 @@ static void test_msix(void)
     g_assert_false(qpci_msix_pending(t.dev, 5));
 
     qpci_msix_disable(t.dev);
+    test_dev_stop(&t);
+}
+
+static uint32_t raw_dma(TestDev *t, uint32_t cmd, uint64_t addr,
+                        uint64_t len)
+{
+    qpci_io_writeq(t->dev, t->bar0, TS_DMA_ADDR, addr);
+    qpci_io_writeq(t->dev, t->bar0, TS_DMA_LEN, len);
+    return test_dev_cmd(t, cmd);
+}
+
+/*
+ * DMA requests QEMU must refuse, with an error reply and nothing else:
+ * outside guest RAM, past its end, larger than announced, writes to
+ * read-only memory.  (Guest RAM has no fd here: every DMA is a message.)
+ */
+static void test_hostile_dma(void)
+{
+    const uint64_t ram_end = 128 * 1024 * 1024;
+    QDict *resp;
+    TestDev t;
+
+    if (!test_dev_start(&t, "pc", "")) {
+        return;
+    }
+    qtest_memset(t.qts, 0x100000, 0x11, 16);
+    g_assert_cmpuint(raw_dma(&t, TS_CMD_RAW_DMA_READ, 0x100000, 16), ==, 0);
+    g_assert_cmphex(qpci_io_readq(t.dev, t.bar0, TS_DMA_SUM), ==, 16 * 0x11);
+
+    /* The PCI hole is not guest RAM */
+    g_assert_cmpuint(raw_dma(&t, TS_CMD_RAW_DMA_READ, 0xe0000000, 16), ==,
+                     EFAULT);
+    g_assert_cmpuint(raw_dma(&t, TS_CMD_RAW_DMA_WRITE, 0xe0000000, 16), ==,
+                     EFAULT);
+    /* Straddling the end of RAM */
+    g_assert_cmpuint(raw_dma(&t, TS_CMD_RAW_DMA_READ, ram_end - 8, 16), ==,
+                     EFAULT);
+    /* Wrapping around */
+    g_assert_cmpuint(raw_dma(&t, TS_CMD_RAW_DMA_READ, UINT64_MAX - 7, 16),
+                     ==, EINVAL);
+    /* More than the 1 MiB QEMU announced */
+    g_assert_cmpuint(raw_dma(&t, TS_CMD_RAW_DMA_READ, 0, 2 * 1024 * 1024),
+                     ==, EINVAL);
+    /* The BIOS is mapped read-only */
+    g_assert_cmpuint(raw_dma(&t, TS_CMD_RAW_DMA_WRITE, 0xfffc0000, 16), ==,
+                     EFAULT);
+
+    /* None of this hurt the device or the guest */
+    g_assert_cmphex(qpci_io_readl(t.dev, t.bar0, 0), ==, TS_ID);
+    g_assert_cmpuint(raw_dma(&t, TS_CMD_RAW_DMA_WRITE, 0x100000, 16), ==, 0);
+    g_assert_cmphex(qtest_readq(t.qts, 0x100000), ==, 0);
+
+    /* More fds than QEMU accepts in a message: QEMU drops the server */
+    raw_dma(&t, TS_CMD_RAW_FDS, 0x100000, 4);
+    g_assert_cmphex(qpci_io_readl(t.dev, t.bar0, 0), ==, 0xffffffff);
+    resp = qtest_qmp(t.qts, "{'execute': 'query-status'}");
+    g_assert_true(qdict_haskey(resp, "return"));
+    qobject_unref(resp);
     test_dev_stop(&t);
 }
 
@@ -1107,6 +1168,7 @@ int main(int argc, char **argv)
     qtest_add_func("/vfio-user/test-server/dma-messages", test_dma_messages);
     qtest_add_func("/vfio-user/test-server/dma-shared", test_dma_shared);
     qtest_add_func("/vfio-user/test-server/msix", test_msix);
+    qtest_add_func("/vfio-user/test-server/hostile-dma", test_hostile_dma);
     qtest_add_func("/vfio-user/test-server/reset", test_reset);
     qtest_add_func("/vfio-user/test-server/server-death", test_server_death);
     qtest_add_func("/vfio-user/hotplug/no-fd-leak", test_hotplug_no_fd_leak);
