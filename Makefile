@@ -72,14 +72,26 @@ qemu: tree configure
 	done
 	ln -sf qemu/build/qemu-system-x86_64 $(BUILD)/qemu-system-x86_64
 
-# The Linux test guest: Debian's kernel and busybox in an initramfs
-guest: $(STAMPS)/deps
+# The Linux test guest: Debian's kernel and busybox in an initramfs;
+# and a bare-metal multiboot guest that runs under KVM here
+MSIX_GUEST_SRC := $(wildcard harness/guest/msix-guest/*)
+guest: $(STAMPS)/deps $(GUEST)/msix-guest.elf
 	harness/build-guest.sh $(REPO) $(GUEST)
+
+$(GUEST)/msix-guest.elf: $(MSIX_GUEST_SRC)
+	@mkdir -p $(GUEST)
+	gcc -m32 -march=i686 -ffreestanding -fno-pic -fno-pie \
+		-fno-stack-protector -nostdlib -static -O2 -Wall -Werror \
+		-Wl,--build-id=none -Wl,--no-warn-rwx-segments \
+		-Wl,-T,harness/guest/msix-guest/link.ld -o $@ \
+		harness/guest/msix-guest/entry.S harness/guest/msix-guest/main.c
 
 check: qemu guest
 	harness/run-tests.sh $(QEMU_BUILD) $(REPO)/out/test-results \
 		"e2e: Linux guest, NVMe via x-vfio-user-server, MSI-X" \
 		"$(REPO)/harness/e2e-nvme.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/e2e-nvme shared" \
+		"kvm: bare-metal guest, MSI-X through KVM irqfd" \
+		"$(REPO)/harness/kvm-msix.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-test-server $(GUEST)/msix-guest.elf $(REPO)/out/kvm-msix" \
 		"series: export, git am, checkpatch" \
 		"$(MAKE) -C $(REPO) --no-print-directory check-series"
 
