@@ -15,6 +15,7 @@
  *   0x124  MAPPED    ro  1 if the last DMA went to memory mapped from an fd
  *   0x128  RESETS    ro  how many DEVICE_RESETs were received
  *   0x12c  VECTOR    rw  the MSI-X vector CMD_MSIX triggers
+ *   0x130  REGIONS   ro  how many DMA regions the client has mapped
  *   0x200  CMD       wo  CMD_* below
  * CMD_RAW_* send, past libvfio-user's own checks, requests a well-behaved
  * server would not: DMA_READ/DMA_WRITE of DMA_ADDR/DMA_LEN whatever was
@@ -63,6 +64,7 @@
 #define REG_MAPPED      0x124
 #define REG_RESETS      0x128
 #define REG_VECTOR      0x12c
+#define REG_REGIONS     0x130
 #define REG_CMD         0x200
 
 #define CMD_INTX        1
@@ -374,10 +376,12 @@ static int reset_cb(vfu_ctx_t *ctx, vfu_reset_type_t type)
 
 static void dma_register(vfu_ctx_t *ctx, vfu_dma_info_t *info)
 {
+    set_reg32(REG_REGIONS, *(uint32_t *)(regs + REG_REGIONS) + 1);
 }
 
 static void dma_unregister(vfu_ctx_t *ctx, vfu_dma_info_t *info)
 {
+    set_reg32(REG_REGIONS, *(uint32_t *)(regs + REG_REGIONS) - 1);
 }
 
 int main(int argc, char **argv)

@@ -330,6 +330,7 @@ static int count_fds(pid_t pid);
 #define TS_MAPPED       0x124
 #define TS_RESETS       0x128
 #define TS_VECTOR       0x12c
+#define TS_REGIONS      0x130
 #define TS_CMD          0x200
 #define TS_CMD_INTX     1
 #define TS_CMD_DMA_WRITE 2
@@ -735,6 +736,55 @@ static void test_hostile_dma(void)
     resp = qtest_qmp(t.qts, "{'execute': 'query-status'}");
     g_assert_true(qdict_haskey(resp, "return"));
     qobject_unref(resp);
+    test_dev_stop(&t);
+}
+
+/*
+ * Hot-added memory is announced with DMA_MAP (with its fd, so the server
+ * maps it); hot-removed memory is withdrawn with DMA_UNMAP.
+ */
+static void test_memory_hotplug(void)
+{
+    const uint64_t dimm_size = 64 * 1024 * 1024;
+    uint32_t regions;
+    uint64_t addr;
+    QDict *resp;
+    TestDev t;
+
+    if (!test_dev_start(&t, "pc -m 128M,slots=2,maxmem=1G", "")) {
+        return;
+    }
+    regions = qpci_io_readl(t.dev, t.bar0, TS_REGIONS);
+    g_assert_cmpuint(regions, >, 0);
+
+    qtest_qmp_assert_success(t.qts, "{'execute': 'object-add', 'arguments': "
+                             "{'qom-type': 'memory-backend-memfd', "
+                             "'id': 'm1', 'size': %" PRId64 ", "
+                             "'share': true}}", (int64_t)dimm_size);
+    qtest_qmp_device_add(t.qts, "pc-dimm", "dimm1", "{'memdev': 'm1'}");
+    g_assert_cmpuint(qpci_io_readl(t.dev, t.bar0, TS_REGIONS), ==,
+                     regions + 1);
+
+    resp = qtest_qmp(t.qts, "{'execute': 'qom-get', 'arguments': "
+                     "{'path': 'dimm1', 'property': 'addr'}}");
+    addr = qdict_get_int(resp, "return");
+    qobject_unref(resp);
+    qpci_io_writeb(t.dev, t.bar0, TS_DMA_FILL, 0x3c);
+    qpci_io_writeq(t.dev, t.bar0, TS_DMA_ADDR, addr + 0x1000);
+    qpci_io_writeq(t.dev, t.bar0, TS_DMA_LEN, 0x1000);
+    g_assert_cmpuint(test_dev_cmd(&t, TS_CMD_DMA_WRITE), ==, 0);
+    g_assert_cmpuint(qpci_io_readl(t.dev, t.bar0, TS_MAPPED), ==, 1);
+    g_assert_cmphex(qtest_readq(t.qts, addr + 0x1ff8), ==,
+                    0x3c3c3c3c3c3c3c3cULL);
+
+    /* Unplug, with the ACPI eject the guest's OSPM would do */
+    qtest_qmp_device_del_send(t.qts, "dimm1");
+    qtest_outl(t.qts, 0xa00, 0);            /* DIMM slot selector */
+    qtest_outb(t.qts, 0xa14, 8);            /* eject */
+    qtest_qmp_eventwait(t.qts, "DEVICE_DELETED");
+    g_assert_cmpuint(qpci_io_readl(t.dev, t.bar0, TS_REGIONS), ==, regions);
+    /* The server can no longer reach it */
+    g_assert_cmpuint(test_dev_cmd(&t, TS_CMD_DMA_WRITE), !=, 0);
     test_dev_stop(&t);
 }
 
@@ -1169,6 +1219,8 @@ int main(int argc, char **argv)
     qtest_add_func("/vfio-user/test-server/dma-shared", test_dma_shared);
     qtest_add_func("/vfio-user/test-server/msix", test_msix);
     qtest_add_func("/vfio-user/test-server/hostile-dma", test_hostile_dma);
+    qtest_add_func("/vfio-user/test-server/memory-hotplug",
+                   test_memory_hotplug);
     qtest_add_func("/vfio-user/test-server/reset", test_reset);
     qtest_add_func("/vfio-user/test-server/server-death", test_server_death);
     qtest_add_func("/vfio-user/hotplug/no-fd-leak", test_hotplug_no_fd_leak);
