@@ -20,7 +20,10 @@ JOBS ?= $(shell nproc)
 export CCACHE_BASEDIR := $(REPO)
 export CCACHE_NOHASHDIR := true
 
+# configure names the compiler to meson itself, so meson never adds ccache:
+# name it with ccache (installed by the deps step)
 CONFIGURE_FLAGS := \
+	--cc="ccache cc" \
 	--python=/usr/bin/python3 \
 	--target-list=x86_64-softmmu \
 	--enable-kvm --enable-tcg \

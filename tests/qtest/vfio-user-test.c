@@ -114,30 +114,50 @@ static QPCIDevice *find_device(QPCIBus *bus)
     return dev;
 }
 
-/* Config space comes from the server */
-static void test_gpio_config(void)
-{
-    TestServer *s = sample_start("gpio-pci-idio-16", false);
+/* A server, and a QEMU whose vfio-user-pci device is connected to it */
+typedef struct TestDev {
+    TestServer *server;
     QTestState *qts;
     QPCIBus *bus;
     QPCIDevice *dev;
+    QPCIBar bar0;
+} TestDev;
 
-    if (!s) {
+/* Start QEMU for @t->server, with @extra device properties; false if none */
+static bool guest_start(TestDev *t, const char *machine, const char *extra)
+{
+    if (!t->server) {
+        return false;
+    }
+    t->qts = qtest_initf("-M %s -nodefaults -device vfio-user-pci,socket=%s,"
+                         "addr=%d%s", machine, t->server->sock, TEST_SLOT,
+                         extra);
+    t->bus = qpci_new_pc(t->qts, NULL);
+    t->dev = find_device(t->bus);
+    return true;
+}
+
+static void test_dev_stop(TestDev *t)
+{
+    g_free(t->dev);
+    qpci_free_pc(t->bus);
+    qtest_quit(t->qts);
+    server_stop(t->server);
+}
+
+/* Config space comes from the server */
+static void test_gpio_config(void)
+{
+    TestDev t = { .server = sample_start("gpio-pci-idio-16", false) };
+
+    if (!guest_start(&t, "pc", "")) {
         return;
     }
-    qts = qtest_initf("-M pc -nodefaults "
-                      "-device vfio-user-pci,socket=%s,addr=%d",
-                      s->sock, TEST_SLOT);
-    bus = qpci_new_pc(qts, NULL);
-    dev = find_device(bus);
-    g_assert_cmphex(qpci_config_readw(dev, PCI_VENDOR_ID), ==,
+    g_assert_cmphex(qpci_config_readw(t.dev, PCI_VENDOR_ID), ==,
                     GPIO_VENDOR_ID);
-    g_assert_cmphex(qpci_config_readw(dev, PCI_DEVICE_ID), ==,
+    g_assert_cmphex(qpci_config_readw(t.dev, PCI_DEVICE_ID), ==,
                     GPIO_DEVICE_ID);
-    g_free(dev);
-    qpci_free_pc(bus);
-    qtest_quit(qts);
-    server_stop(s);
+    test_dev_stop(&t);
 }
 
 /*
@@ -146,32 +166,21 @@ static void test_gpio_config(void)
  */
 static void test_gpio_bar2(void)
 {
-    TestServer *s = sample_start("gpio-pci-idio-16", false);
-    QTestState *qts;
-    QPCIBus *bus;
-    QPCIDevice *dev;
+    TestDev t = { .server = sample_start("gpio-pci-idio-16", false) };
     QPCIBar bar2;
     uint64_t size;
     int i;
 
-    if (!s) {
+    if (!guest_start(&t, "pc", "")) {
         return;
     }
-    qts = qtest_initf("-M pc -nodefaults "
-                      "-device vfio-user-pci,socket=%s,addr=%d",
-                      s->sock, TEST_SLOT);
-    bus = qpci_new_pc(qts, NULL);
-    dev = find_device(bus);
-    bar2 = qpci_iomap(dev, 2, &size);
+    bar2 = qpci_iomap(t.dev, 2, &size);
     g_assert_cmpuint(size, ==, 0x100);
     for (i = 0; i < 9; i++) {
-        g_assert_cmpuint(qpci_io_readb(dev, bar2, 0), ==, i / 3);
+        g_assert_cmpuint(qpci_io_readb(t.dev, bar2, 0), ==, i / 3);
     }
-    qpci_iounmap(dev, bar2);
-    g_free(dev);
-    qpci_free_pc(bus);
-    qtest_quit(qts);
-    server_stop(s);
+    qpci_iounmap(t.dev, bar2);
+    test_dev_stop(&t);
 }
 
 /* Every spelling of the socket reaches the same server */
@@ -250,68 +259,44 @@ static void test_socket_fd_hotplug(void)
 /* The null sample has config space and nothing else */
 static void test_null_config_only(void)
 {
-    TestServer *s = sample_start("null", true);
-    QTestState *qts;
-    QPCIBus *bus;
-    QPCIDevice *dev;
+    TestDev t = { .server = sample_start("null", true) };
     int bar;
 
-    if (!s) {
+    if (!guest_start(&t, "pc", "")) {
         return;
     }
-    qts = qtest_initf("-M pc -nodefaults "
-                      "-device vfio-user-pci,socket=%s,addr=%d",
-                      s->sock, TEST_SLOT);
-    bus = qpci_new_pc(qts, NULL);
-    dev = qpci_device_find(bus, TEST_DEVFN);
-    g_assert_nonnull(dev);
-    g_assert_cmphex(qpci_config_readb(dev, PCI_HEADER_TYPE) & 0x7f, ==,
+    g_assert_cmphex(qpci_config_readb(t.dev, PCI_HEADER_TYPE) & 0x7f, ==,
                     PCI_HEADER_TYPE_NORMAL);
     for (bar = 0; bar < 6; bar++) {
         uint8_t reg = PCI_BASE_ADDRESS_0 + bar * 4;
 
-        qpci_config_writel(dev, reg, 0xffffffff);
-        g_assert_cmphex(qpci_config_readl(dev, reg), ==, 0);
+        qpci_config_writel(t.dev, reg, 0xffffffff);
+        g_assert_cmphex(qpci_config_readl(t.dev, reg), ==, 0);
     }
-    g_free(dev);
-    qpci_free_pc(bus);
-    qtest_quit(qts);
-    server_stop(s);
+    test_dev_stop(&t);
 }
 
 /* The server sample offers its BAR1 first and last pages for mmap() */
 static void test_server_sparse_mmap(void)
 {
-    TestServer *s = sample_start("server", true);
+    TestDev t = { .server = sample_start("server", true) };
     g_autofree char *mtree = NULL;
-    QTestState *qts;
-    QPCIBus *bus;
-    QPCIDevice *dev;
     QPCIBar bar1;
 
-    if (!s) {
+    if (!guest_start(&t, "pc", "")) {
         return;
     }
-    qts = qtest_initf("-M pc -nodefaults "
-                      "-device vfio-user-pci,socket=%s,addr=%d",
-                      s->sock, TEST_SLOT);
-    bus = qpci_new_pc(qts, NULL);
-    dev = find_device(bus);
-    bar1 = qpci_iomap(dev, 1, NULL);
+    bar1 = qpci_iomap(t.dev, 1, NULL);
 
-    mtree = qtest_hmp(qts, "info mtree");
+    mtree = qtest_hmp(t.qts, "info mtree");
     g_assert_nonnull(strstr(mtree, "BAR 1 mmaps[0]"));
     g_assert_nonnull(strstr(mtree, "BAR 1 mmaps[1]"));
     g_assert_null(strstr(mtree, "BAR 1 mmaps[2]"));
 
     /* An I/O BAR: 4 bytes at most */
-    qpci_io_writel(dev, bar1, 0, 0x89abcdef);
-    g_assert_cmphex(qpci_io_readl(dev, bar1, 0), ==, 0x89abcdef);
-
-    g_free(dev);
-    qpci_free_pc(bus);
-    qtest_quit(qts);
-    server_stop(s);
+    qpci_io_writel(t.dev, bar1, 0, 0x89abcdef);
+    g_assert_cmphex(qpci_io_readl(t.dev, bar1, 0), ==, 0x89abcdef);
+    test_dev_stop(&t);
 }
 
 static int count_fds(pid_t pid);
@@ -373,25 +358,12 @@ static TestServer *test_server_start(void)
     return s;
 }
 
-typedef struct TestDev {
-    TestServer *server;
-    QTestState *qts;
-    QPCIBus *bus;
-    QPCIDevice *dev;
-    QPCIBar bar0;
-} TestDev;
-
 static bool test_dev_start(TestDev *t, const char *machine, const char *extra)
 {
     t->server = test_server_start();
-    if (!t->server) {
+    if (!guest_start(t, machine, extra)) {
         return false;
     }
-    t->qts = qtest_initf("-M %s -nodefaults -device vfio-user-pci,socket=%s,"
-                         "addr=%d%s", machine, t->server->sock, TEST_SLOT,
-                         extra);
-    t->bus = qpci_new_pc(t->qts, NULL);
-    t->dev = find_device(t->bus);
     g_assert_cmphex(qpci_config_readw(t->dev, PCI_VENDOR_ID), ==,
                     TS_VENDOR_ID);
     g_assert_cmphex(qpci_config_readw(t->dev, PCI_DEVICE_ID), ==,
@@ -400,14 +372,6 @@ static bool test_dev_start(TestDev *t, const char *machine, const char *extra)
     g_assert_false(t->bar0.is_io);
     g_assert_cmphex(qpci_io_readl(t->dev, t->bar0, 0), ==, TS_ID);
     return true;
-}
-
-static void test_dev_stop(TestDev *t)
-{
-    g_free(t->dev);
-    qpci_free_pc(t->bus);
-    qtest_quit(t->qts);
-    server_stop(t->server);
 }
 
 static uint32_t test_dev_cmd(TestDev *t, uint32_t cmd)
