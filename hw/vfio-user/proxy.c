@@ -194,12 +194,6 @@ static int vfio_user_recv(VFIOUserProxy *proxy, VFIOUserMsg *msg,
                    vfio_user_command_name(hdr.command), hdr.id, hdr.size);
         return -EPROTO;
     }
-    if (msg->nfds > VFIO_USER_CLIENT_MAX_FDS) {
-        error_setg(errp, "message %s (id %u) carries %zu fds, more than "
-                   "the %u announced", vfio_user_command_name(hdr.command),
-                   hdr.id, msg->nfds, VFIO_USER_CLIENT_MAX_FDS);
-        return -EPROTO;
-    }
 
     msg->hdr = g_malloc(hdr.size);
     *msg->hdr = hdr;
@@ -207,6 +201,13 @@ static int vfio_user_recv(VFIOUserProxy *proxy, VFIOUserMsg *msg,
                              msg, true, deadline_ms, errp);
     if (ret < 0) {
         return ret;
+    }
+    /* Whichever part of the message they came with */
+    if (msg->nfds > VFIO_USER_CLIENT_MAX_FDS) {
+        error_setg(errp, "message %s (id %u) carries %zu fds, more than "
+                   "the %u announced", vfio_user_command_name(hdr.command),
+                   hdr.id, msg->nfds, VFIO_USER_CLIENT_MAX_FDS);
+        return -EPROTO;
     }
     trace_vfio_user_recv(proxy->sockname, hdr.id,
                          vfio_user_command_name(hdr.command), hdr.size,
