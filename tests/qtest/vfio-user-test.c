@@ -57,17 +57,20 @@ static bool wait_for_file(const char *path)
     return false;
 }
 
-/* Start libvfio-user sample @name; NULL (and the test skipped) if absent */
-static TestServer *sample_start(const char *name, bool quiet)
+/*
+ * Start the server program @path (a @what) on a socket of its own; NULL,
+ * and the test skipped, if it was not built.
+ */
+static TestServer *server_start(const char *path, const char *what,
+                                bool quiet)
 {
-    g_autofree char *path = sample_path(name);
     g_autoptr(GError) err = NULL;
     TestServer *s;
     char *argv[3];
 
     if (!g_file_test(path, G_FILE_TEST_IS_EXECUTABLE)) {
-        g_autofree char *why =
-            g_strdup_printf("libvfio-user sample %s not built", path);
+        g_autofree char *why = g_strdup_printf("%s %s not built", what, path);
+
         g_test_skip(why);
         return NULL;
     }
@@ -75,7 +78,7 @@ static TestServer *sample_start(const char *name, bool quiet)
     s->dir = g_dir_make_tmp("vfio-user-test-XXXXXX", &err);
     g_assert_no_error(err);
     s->sock = g_build_filename(s->dir, "sock", NULL);
-    argv[0] = path;
+    argv[0] = (char *)path;
     argv[1] = s->sock;
     argv[2] = NULL;
     g_spawn_async_with_pipes(NULL, argv, NULL,
@@ -87,6 +90,14 @@ static TestServer *sample_start(const char *name, bool quiet)
     g_assert_no_error(err);
     g_assert_true(wait_for_file(s->sock));
     return s;
+}
+
+/* libvfio-user's sample server @name */
+static TestServer *sample_start(const char *name, bool quiet)
+{
+    g_autofree char *path = sample_path(name);
+
+    return server_start(path, "libvfio-user sample", quiet);
 }
 
 static void server_stop(TestServer *s)
@@ -326,36 +337,13 @@ static int count_fds(pid_t pid);
 #define TS_CMD_RAW_FDS       7
 #define TS_NR_MSIX      12
 
+/* Our tests/qtest/vfio-user-test-server */
 static TestServer *test_server_start(void)
 {
     const char *path = g_getenv("VFIO_USER_TEST_SERVER");
-    g_autofree char *def = g_strdup("tests/qtest/vfio-user-test-server");
-    g_autoptr(GError) err = NULL;
-    TestServer *s;
-    char *argv[3];
 
-    if (!path) {
-        path = def;
-    }
-    if (!g_file_test(path, G_FILE_TEST_IS_EXECUTABLE)) {
-        g_autofree char *why =
-            g_strdup_printf("vfio-user test server %s not built", path);
-        g_test_skip(why);
-        return NULL;
-    }
-    s = g_new0(TestServer, 1);
-    s->dir = g_dir_make_tmp("vfio-user-test-XXXXXX", &err);
-    g_assert_no_error(err);
-    s->sock = g_build_filename(s->dir, "sock", NULL);
-    argv[0] = (char *)path;
-    argv[1] = s->sock;
-    argv[2] = NULL;
-    g_spawn_async_with_pipes(NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD |
-                             G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, &s->pid,
-                             &s->stdin_fd, NULL, NULL, &err);
-    g_assert_no_error(err);
-    g_assert_true(wait_for_file(s->sock));
-    return s;
+    return server_start(path ? path : "tests/qtest/vfio-user-test-server",
+                        "vfio-user test server", false);
 }
 
 static bool test_dev_start(TestDev *t, const char *machine, const char *extra)
