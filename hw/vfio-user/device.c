@@ -345,7 +345,7 @@ static int vfio_user_set_irqs(VFIODevice *vbasedev,
     VFIOUserDevice *udev = vfio_user_dev(vbasedev);
     const int32_t *fds = (const int32_t *)irq_set->data;
     uint32_t max_fds = udev->proxy->max_send_fds;
-    uint32_t i, run;
+    uint32_t i, run, assigned_end = 0;
     int ret;
 
     if (vfio_user_dev_gone(udev)) {
@@ -381,9 +381,11 @@ static int vfio_user_set_irqs(VFIODevice *vbasedev,
             return ret;
         }
         if (assign) {
-            vfio_user_unmask_vectors(vbasedev, irq_set,
-                                     irq_set->start + i + run);
+            assigned_end = irq_set->start + i + run;
         }
+    }
+    if (assigned_end) {
+        vfio_user_unmask_vectors(vbasedev, irq_set, assigned_end);
     }
     return 0;
 }
