@@ -93,6 +93,8 @@ check: qemu guest
 	harness/run-tests.sh $(QEMU_BUILD) $(REPO)/out/test-results \
 		"e2e: Linux guest, NVMe via x-vfio-user-server, MSI-X" \
 		"$(REPO)/harness/e2e-nvme.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/e2e-nvme shared" \
+		"e2e: Linux guest with intel-iommu, NVMe via x-vfio-user-server" \
+		"$(REPO)/harness/e2e-nvme.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/e2e-nvme-iommu shared iommu" \
 		"kvm: bare-metal guest, MSI-X through KVM irqfd" \
 		"$(REPO)/harness/kvm-msix.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-test-server $(GUEST)/msix-guest.elf $(REPO)/out/kvm-msix" \
 		"series: export, git am, checkpatch" \

@@ -52,8 +52,14 @@ if [ "$memory" = shared ]; then
 fi
 if [ "$iommu" = iommu ]; then
     machine+=",kernel-irqchip=split"
-    args+=(-device intel-iommu,caching-mode=on,intremap=on)
-    append+=" intel_iommu=on iommu=strict"
+    args+=(-device intel-iommu,caching-mode=on,intremap=on
+           -trace "enable=vfio_user_dma_*map,file=$work/dma.trace")
+    # Every page the guest maps becomes one DMA_MAP, and libvfio-user (the
+    # server inside x-vfio-user-server) holds at most 16 DMA regions.  Keep
+    # the guest within that: unmap at once (strict), few requests in
+    # flight, two pages per request.
+    append+=" intel_iommu=on iommu=strict nvme.io_queue_depth=4"
+    append+=" e2e.max_sectors_kb=8"
 fi
 
 timeout -k 5 "$timeout" "$qemu" -M "$machine" -accel tcg -m 512M -smp 1 \
@@ -69,4 +75,24 @@ if [ $rc -ne 0 ]; then
     echo "e2e: guest QEMU exited with $rc (124: timed out after ${timeout}s)"
     tail -n 20 "$work/guest.log"
 fi
-grep -q '^VFIO-USER-E2E: PASS' "$work/guest.log"
+grep -q '^VFIO-USER-E2E: PASS' "$work/guest.log" || exit 1
+
+if [ "$iommu" = iommu ]; then
+    # The guest's I/O must have gone through vIOMMU translations: mappings
+    # whose IOVA is not the guest-physical address behind it.
+    awk '/vfio_user_dma_map/ {
+             for (i = 1; i < NF; i++) v[$i] = $(i + 1)
+             live[v["iova"]] = 1
+             if (v["iova"] != v["offset"]) translated++
+         }
+         /vfio_user_dma_unmap/ {
+             for (i = 1; i < NF; i++) v[$i] = $(i + 1)
+             delete live[v["iova"]]
+         }
+         { n = length(live); if (n > peak) peak = n }
+         END {
+             printf "e2e: %d translated DMA_MAPs, at most %d mappings live\n",
+                    translated, peak
+             exit translated > 0 ? 0 : 1
+         }' "$work/dma.trace"
+fi

@@ -66,6 +66,11 @@ static int vfio_user_dma_map(const VFIOContainerBase *bcontainer, hwaddr iova,
              * the VM; a vfio-user server that fails one must not take the
              * guest down with it.  The device loses DMA to that range.
              */
+            error_append_hint(&err, "The device cannot reach IOVA 0x%"
+                              HWADDR_PRIx "+0x" RAM_ADDR_FMT " (%u other "
+                              "mappings are live; a server may cap them, "
+                              "and a vIOMMU maps page by page).\n",
+                              iova, size, container->nr_mappings);
             error_report_err(err);
             return 0;
         }
@@ -73,6 +78,7 @@ static int vfio_user_dma_map(const VFIOContainerBase *bcontainer, hwaddr iova,
         return ret;
     }
     iova_tree_insert(container->mappings, &map);
+    container->nr_mappings++;
     return 0;
 }
 
@@ -119,6 +125,7 @@ static int vfio_user_dma_unmap(const VFIOContainerBase *bcontainer,
 
         /* Whatever the server says, it may no longer DMA there */
         iova_tree_remove(container->mappings, map);
+        container->nr_mappings--;
         if (container->proxy->connected &&
             vfio_user_send_unmap(container, &map) < 0) {
             ret = -EIO;

@@ -15,6 +15,7 @@ typedef struct VFIOUserContainer {
     VFIOContainerBase bcontainer;
     VFIOUserProxy *proxy;
     IOVATree *mappings;     /* what the server was given, by IOVA */
+    unsigned nr_mappings;   /* how many: servers may cap it */
 } VFIOUserContainer;
 
 #define TYPE_VFIO_IOMMU_USER TYPE_VFIO_IOMMU "-user"
