@@ -14,7 +14,7 @@
  *   0x120  STATUS    ro  0, or the (positive) errno of the last command
  *   0x124  MAPPED    ro  1 if the last DMA went to memory mapped from an fd
  *   0x128  RESETS    ro  how many DEVICE_RESETs were received
- *   0x12c  VECTOR    rw  the MSI-X vector CMD_MSIX triggers
+ *   0x12c  VECTOR    rw  the MSI or MSI-X vector CMD_VECTOR triggers
  *   0x130  REGIONS   ro  how many DMA regions the client has mapped
  *   0x200  CMD       wo  CMD_* below
  * CMD_RAW_* send, past libvfio-user's own checks, requests a well-behaved
@@ -26,6 +26,9 @@
  *   mmap(), its second is reached through messages.
  * BAR2 (4 KiB, memory): MSI-X table at 0, PBA at 0x800, for NR_MSIX
  *   vectors.
+ * Config space: an MSI-X capability, and an MSI capability (NR_MSI
+ *   vectors, 64-bit, per-vector masking) at MSI_CAP_POS, which this
+ *   libvfio-user cannot add itself: we emulate it.
  *
  * usage: vfio-user-test-server SOCKET_PATH
  * Serves one client after another until killed.
@@ -70,7 +73,7 @@
 #define CMD_INTX        1
 #define CMD_DMA_WRITE   2
 #define CMD_DMA_READ    3
-#define CMD_MSIX        4
+#define CMD_VECTOR      4
 #define CMD_RAW_DMA_READ  5
 #define CMD_RAW_DMA_WRITE 6
 #define CMD_RAW_FDS       7
@@ -102,6 +105,8 @@ struct raw_dma {
 #define BAR2_SIZE       0x1000
 #define MSIX_PBA_OFFSET 0x800
 #define NR_MSIX         12
+#define NR_MSI          32      /* more than max_msg_fds: SET_IRQS in chunks */
+#define MSI_CAP_POS     0x60
 #define DMA_MAX         (64 * 1024)
 
 static uint8_t regs[BAR0_SIZE];
@@ -300,10 +305,8 @@ static int run_cmd(vfu_ctx_t *ctx, uint32_t cmd)
         return raw_dma(ctx, true, 0);
     case CMD_RAW_FDS:
         return raw_dma(ctx, true, RAW_NR_FDS);
-    case CMD_MSIX:
-        if (*(uint32_t *)(regs + REG_VECTOR) >= NR_MSIX) {
-            return -EINVAL;
-        }
+    case CMD_VECTOR:
+        /* Masking is QEMU's business (it emulates MSI and MSI-X) */
         return vfu_irq_trigger(ctx, *(uint32_t *)(regs + REG_VECTOR)) < 0 ?
                -errno : 0;
     default:
@@ -368,6 +371,50 @@ static ssize_t bar2_access(vfu_ctx_t *ctx, char *buf, size_t count,
     return count;
 }
 
+/*
+ * The MSI capability's writable bits: enable, multiple message enable,
+ * address, data, mask bits.  Pending bits are read-only.
+ */
+static const uint8_t msi_wmask[sizeof(struct msicap)] = {
+    [offsetof(struct msicap, mc)] = 0x71,
+    [offsetof(struct msicap, ma)] = 0xfc, 0xff, 0xff, 0xff,
+    [offsetof(struct msicap, mua)] = 0xff, 0xff, 0xff, 0xff,
+    [offsetof(struct msicap, md)] = 0xff, 0xff,
+    [offsetof(struct msicap, mmask)] = 0xff, 0xff, 0xff, 0xff,
+};
+
+/*
+ * Config space that is neither the header nor a capability libvfio-user
+ * manages.  QEMU emulates MSI but, as for a kernel device, writes what
+ * the guest writes through to us as well: keep it, so that reads agree.
+ */
+static ssize_t cfg_access(vfu_ctx_t *ctx, char *buf, size_t count,
+                          loff_t offset, bool is_write)
+{
+    uint8_t *cfg = vfu_pci_get_config_space(ctx)->raw;
+    size_t i;
+
+    if (offset < 0 || offset + count > PCI_CFG_SPACE_SIZE) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (!is_write) {
+        memcpy(buf, cfg + offset, count);
+        return count;
+    }
+    if (offset < MSI_CAP_POS ||
+        offset + count > MSI_CAP_POS + sizeof(struct msicap)) {
+        errno = EPERM;
+        return -1;
+    }
+    for (i = 0; i < count; i++) {
+        uint8_t wmask = msi_wmask[offset + i - MSI_CAP_POS];
+
+        cfg[offset + i] = (cfg[offset + i] & ~wmask) | (buf[i] & wmask);
+    }
+    return count;
+}
+
 static int reset_cb(vfu_ctx_t *ctx, vfu_reset_type_t type)
 {
     set_reg32(REG_RESETS, ((uint32_t *)regs)[REG_RESETS / 4] + 1);
@@ -395,7 +442,15 @@ int main(int argc, char **argv)
         .mpba.pbir = VFU_PCI_DEV_BAR2_REGION_IDX,
         .mpba.pbao = MSIX_PBA_OFFSET >> 3,
     };
+    struct msicap msi = {
+        .hdr.id = PCI_CAP_ID_MSI,
+        .mc.mmc = __builtin_ctz(NR_MSI),
+        .mc.c64 = 1,
+        .mc.pvm = 1,
+    };
+    vfu_pci_config_space_t *cfg;
     vfu_ctx_t *ctx;
+    ssize_t msix_pos;
     int fd;
 
     if (argc != 2) {
@@ -432,14 +487,22 @@ int main(int argc, char **argv)
                          &bar1_mmap, 1, fd, 0) < 0 ||
         vfu_setup_region(ctx, VFU_PCI_DEV_BAR2_REGION_IDX, BAR2_SIZE,
                          bar2_access, VFU_REGION_FLAG_RW | VFU_REGION_FLAG_MEM,
-                         NULL, 0, -1, 0) < 0) {
+                         NULL, 0, -1, 0) < 0 ||
+        vfu_setup_region(ctx, VFU_PCI_DEV_CFG_REGION_IDX, PCI_CFG_SPACE_SIZE,
+                         cfg_access, VFU_REGION_FLAG_RW, NULL, 0, -1, 0) < 0) {
         err(EXIT_FAILURE, "vfu_setup_region");
     }
-    if (vfu_pci_add_capability(ctx, 0, 0, &msix) < 0) {
+    msix_pos = vfu_pci_add_capability(ctx, 0, 0, &msix);
+    if (msix_pos < 0 || msix_pos + sizeof(msix) > MSI_CAP_POS) {
         err(EXIT_FAILURE, "vfu_pci_add_capability");
     }
+    /* MSI: written into config space and chained after MSI-X by hand */
+    cfg = vfu_pci_get_config_space(ctx);
+    memcpy(cfg->raw + MSI_CAP_POS, &msi, sizeof(msi));
+    cfg->raw[msix_pos + PCI_CAP_LIST_NEXT] = MSI_CAP_POS;
     if (vfu_setup_device_nr_irqs(ctx, VFU_DEV_INTX_IRQ, 1) < 0 ||
         vfu_setup_device_nr_irqs(ctx, VFU_DEV_MSIX_IRQ, NR_MSIX) < 0 ||
+        vfu_setup_device_nr_irqs(ctx, VFU_DEV_MSI_IRQ, NR_MSI) < 0 ||
         vfu_setup_device_dma(ctx, dma_register, dma_unregister) < 0 ||
         vfu_setup_device_reset_cb(ctx, reset_cb) < 0) {
         err(EXIT_FAILURE, "vfu_setup_device");

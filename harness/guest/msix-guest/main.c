@@ -19,7 +19,7 @@
 #define TS_REG_STATUS   0x120
 #define TS_REG_VECTOR   0x12c
 #define TS_REG_CMD      0x200
-#define TS_CMD_MSIX     4
+#define TS_CMD_VECTOR     4
 #define TS_ID           0x56555453u
 
 #define BAR0_ADDR       0xe0000000u
@@ -237,7 +237,7 @@ void guest_main(void)
 
     mmio_write(BAR0_ADDR + TS_REG_VECTOR, 0);
     for (i = 0; i < ROUNDS; i++) {
-        mmio_write(BAR0_ADDR + TS_REG_CMD, TS_CMD_MSIX);
+        mmio_write(BAR0_ADDR + TS_REG_CMD, TS_CMD_VECTOR);
         sent++;
         for (spin = 0; msix_count < sent && spin < 100000000; spin++) {
             __asm__ volatile("pause");
