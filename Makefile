@@ -25,7 +25,7 @@ export CCACHE_NOHASHDIR := true
 CONFIGURE_FLAGS := \
 	--cc="ccache cc" \
 	--python=/usr/bin/python3 \
-	--target-list=x86_64-softmmu \
+	--target-list=x86_64-softmmu,aarch64-softmmu \
 	--enable-kvm --enable-tcg \
 	--enable-slirp \
 	--enable-vfio-user-server \
@@ -35,7 +35,8 @@ CONFIGURE_FLAGS := \
 	--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu
 
 SAMPLES := gpio-pci-idio-16 server null client
-NINJA_TARGETS := qemu-system-x86_64 tests/qtest/vfio-user-test \
+NINJA_TARGETS := qemu-system-x86_64 qemu-system-aarch64 \
+	tests/qtest/vfio-user-test \
 	tests/qtest/vfio-user-test-server \
 	$(addprefix subprojects/libvfio-user/samples/,$(SAMPLES))
 
@@ -43,7 +44,7 @@ GUEST := $(BUILD)/guest
 QEMU_BIN := $(BUILD)/qemu-system-x86_64
 
 .PHONY: all deps fetch tree configure qemu guest check series check-series \
-	demo clean
+	demo clean FORCE
 
 all: qemu guest
 
@@ -59,8 +60,13 @@ $(PRISTINE)/.git/debian-version: BASE_VERSION $(STAMPS)/deps
 tree: fetch
 	harness/prepare-tree.sh $(REPO) $(PRISTINE) $(TREE)
 
+# Reconfigure when the flags change: the file changes only then
+$(STAMPS)/configure-flags: FORCE
+	@mkdir -p $(STAMPS)
+	@echo '$(CONFIGURE_FLAGS)' | cmp -s - $@ || echo '$(CONFIGURE_FLAGS)' > $@
+
 configure: $(QEMU_BUILD)/build.ninja
-$(QEMU_BUILD)/build.ninja: | tree
+$(QEMU_BUILD)/build.ninja: $(STAMPS)/configure-flags | tree
 	cd $(TREE) && ./configure $(CONFIGURE_FLAGS) > $(BUILD)/configure.log 2>&1 || \
 		{ tail -30 $(BUILD)/configure.log; exit 1; }
 

@@ -15,6 +15,7 @@
 #include "qemu/bswap.h"
 #include "standard-headers/linux/pci_regs.h"
 #include "libqos/pci-pc.h"
+#include "libqos/generic-pcihost.h"
 #include "qapi/error.h"
 #include "qobject/qdict.h"
 #include "qobject/qjson.h"
@@ -308,6 +309,86 @@ static void test_server_sparse_mmap(void)
     qpci_io_writel(t.dev, bar1, 0, 0x89abcdef);
     g_assert_cmphex(qpci_io_readl(t.dev, bar1, 0), ==, 0x89abcdef);
     test_dev_stop(&t);
+}
+
+/*
+ * libvfio-user's "server" sample DMAs on its own: an 8-byte write of a
+ * time to BAR0, an I/O BAR, arms a timer; when it fires, the server raises
+ * INTx, writes 4 KiB of 'A' with DMA_WRITE to the start of the first
+ * region the client mapped, reads them back with DMA_READ, and exits if
+ * the two differ.  x86 cannot make 8-byte I/O accesses; the Arm virt
+ * machine reaches I/O BARs through an MMIO window, where it can.
+ *
+ * libvfio-user's DMA calls take the next message on the socket for their
+ * reply: a request of ours crossing its DMA_WRITE or DMA_READ makes the
+ * sample fail (the protocol allows the crossing; we serve the server's
+ * request while we wait).  So this test sends nothing while the server
+ * DMAs: x-no-mmap=on, because INTx makes QEMU turn BAR mmaps off, and on
+ * virt the sample's I/O BAR mmaps are in the memory address space, so that
+ * would unmap them (DMA_UNMAP) just as the DMA starts.
+ */
+#define VIRT_RAM_BASE   0x40000000
+#define SAMPLE_DMA_LEN  4096
+
+static bool sample_dma_done(QTestState *qts)
+{
+    g_autofree uint8_t *buf = g_malloc(SAMPLE_DMA_LEN);
+    int i, j;
+
+    for (i = 0; i < WAIT_MS / 10; i++) {
+        qtest_memread(qts, VIRT_RAM_BASE, buf, SAMPLE_DMA_LEN);
+        for (j = 0; j < SAMPLE_DMA_LEN && buf[j] == 'A'; j++) {
+            continue;
+        }
+        if (j == SAMPLE_DMA_LEN) {
+            return true;
+        }
+        g_usleep(10 * 1000);
+    }
+    return false;
+}
+
+static void test_server_sample_dma(const void *opaque)
+{
+    bool shared = GPOINTER_TO_INT(opaque);
+    TestServer *server = sample_start("server", false);
+    QGenericPCIBus bus;
+    QPCIDevice *dev;
+    QTestState *qts;
+    QPCIBar bar0;
+    int status;
+
+    if (!server) {
+        return;
+    }
+    qts = qtest_initf("-M virt%s -cpu max -m 128M -nodefaults %s "
+                      "-device vfio-user-pci,socket=%s,addr=%d,x-no-mmap=on",
+                      shared ? ",memory-backend=mem0" : "",
+                      shared ? "-object memory-backend-memfd,id=mem0,"
+                               "size=128M,share=on" : "",
+                      server->sock, TEST_SLOT);
+    qpci_init_generic(&bus, qts, NULL, false);
+    dev = find_device(&bus.bus);
+    bar0 = qpci_iomap(dev, 0, NULL);
+    g_assert_true(bar0.is_io);
+
+    qtest_memset(qts, VIRT_RAM_BASE, 0x55, SAMPLE_DMA_LEN);
+    /* Two seconds from now: never 0, which would disarm the timer */
+    qpci_io_writeq(dev, bar0, 0, time(NULL) + 2);
+    g_assert_true(sample_dma_done(qts));
+
+    /*
+     * The server reads the bytes back right after, and exits if they are
+     * not those it wrote.  Give it time to, before we send a request.
+     */
+    g_usleep(500 * 1000);
+    g_assert_cmpint(waitpid(server->pid, &status, WNOHANG), ==, 0);
+    qpci_io_readq(dev, bar0, 0);
+    g_assert_cmpint(waitpid(server->pid, &status, WNOHANG), ==, 0);
+
+    g_free(dev);
+    qtest_quit(qts);
+    server_stop(server);
 }
 
 static int count_fds(pid_t pid);
@@ -1258,6 +1339,14 @@ static void test_error_timeout(void)
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
+
+    if (!strcmp(qtest_get_arch(), "aarch64")) {
+        qtest_add_data_func("/vfio-user/server/dma-messages",
+                            GINT_TO_POINTER(false), test_server_sample_dma);
+        qtest_add_data_func("/vfio-user/server/dma-shared-memory",
+                            GINT_TO_POINTER(true), test_server_sample_dma);
+        return g_test_run();
+    }
 
     qtest_add_func("/vfio-user/gpio/config-space", test_gpio_config);
     qtest_add_func("/vfio-user/gpio/bar2-read", test_gpio_bar2);
