@@ -66,19 +66,23 @@ static int vfio_user_dma_map(const VFIOContainerBase *bcontainer, hwaddr iova,
              * the VM; a vfio-user server that fails one must not take the
              * guest down with it.  The device loses DMA to that range.
              */
-            error_append_hint(&err, "The device cannot reach IOVA 0x%"
-                              HWADDR_PRIx "+0x" RAM_ADDR_FMT " (%u other "
-                              "mappings are live; a server may cap them, "
-                              "and a vIOMMU maps page by page).\n",
-                              iova, size, container->nr_mappings);
+            if (container->proxy->connected) {
+                error_append_hint(&err, "The device cannot reach IOVA 0x%"
+                                  HWADDR_PRIx "+0x" RAM_ADDR_FMT " (%u other "
+                                  "mappings are live; a server may cap them, "
+                                  "and a vIOMMU maps page by page).\n",
+                                  iova, size, container->nr_mappings);
+            }
             error_report_err(err);
             return 0;
         }
         error_free(err);
         return ret;
     }
-    iova_tree_insert(container->mappings, &map);
-    container->nr_mappings++;
+    /* hw/vfio never maps over a live mapping: there is no overlap */
+    if (iova_tree_insert(container->mappings, &map) == IOVA_OK) {
+        container->nr_mappings++;
+    }
     return 0;
 }
 

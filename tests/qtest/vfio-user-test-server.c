@@ -385,8 +385,10 @@ static const uint8_t msi_wmask[sizeof(struct msicap)] = {
 
 /*
  * Config space that is neither the header nor a capability libvfio-user
- * manages.  QEMU emulates MSI but, as for a kernel device, writes what
- * the guest writes through to us as well: keep it, so that reads agree.
+ * manages.  QEMU emulates MSI and reads it from its own copy, but writes
+ * what the guest writes through to us as well, as to a kernel device: a
+ * device takes them (refusing would make QEMU report errors), within the
+ * capability's writable bits.
  */
 static ssize_t cfg_access(vfu_ctx_t *ctx, char *buf, size_t count,
                           loff_t offset, bool is_write)
@@ -493,8 +495,12 @@ int main(int argc, char **argv)
         err(EXIT_FAILURE, "vfu_setup_region");
     }
     msix_pos = vfu_pci_add_capability(ctx, 0, 0, &msix);
-    if (msix_pos < 0 || msix_pos + sizeof(msix) > MSI_CAP_POS) {
+    if (msix_pos < 0) {
         err(EXIT_FAILURE, "vfu_pci_add_capability");
+    }
+    if (msix_pos + sizeof(msix) > MSI_CAP_POS) {
+        errx(EXIT_FAILURE, "MSI-X capability at %#zx overlaps MSI's",
+             (size_t)msix_pos);
     }
     /* MSI: written into config space and chained after MSI-X by hand */
     cfg = vfu_pci_get_config_space(ctx);

@@ -326,6 +326,9 @@ static void test_server_sparse_mmap(void)
  * DMAs: x-no-mmap=on, because INTx makes QEMU turn BAR mmaps off, and on
  * virt the sample's I/O BAR mmaps are in the memory address space, so that
  * would unmap them (DMA_UNMAP) just as the DMA starts.
+ *
+ * The sample's DMA always travels as messages; with shared memory, its
+ * DMA_MAP carries the RAM's fd as well (and the sample maps it).
  */
 #define VIRT_RAM_BASE   0x40000000
 #define SAMPLE_DMA_LEN  4096
@@ -356,6 +359,7 @@ static void test_server_sample_dma(const void *opaque)
     QPCIDevice *dev;
     QTestState *qts;
     QPCIBar bar0;
+    int64_t delta;
     int status;
 
     if (!server) {
@@ -373,8 +377,8 @@ static void test_server_sample_dma(const void *opaque)
     g_assert_true(bar0.is_io);
 
     qtest_memset(qts, VIRT_RAM_BASE, 0x55, SAMPLE_DMA_LEN);
-    /* Two seconds from now: never 0, which would disarm the timer */
-    qpci_io_writeq(dev, bar0, 0, time(NULL) + 2);
+    /* Seconds from now: the sample disarms its timer on a time not ahead */
+    qpci_io_writeq(dev, bar0, 0, time(NULL) + 3);
     g_assert_true(sample_dma_done(qts));
 
     /*
@@ -383,7 +387,14 @@ static void test_server_sample_dma(const void *opaque)
      */
     g_usleep(500 * 1000);
     g_assert_cmpint(waitpid(server->pid, &status, WNOHANG), ==, 0);
-    qpci_io_readq(dev, bar0, 0);
+    /*
+     * BAR0 reads as the seconds since the time written: an answer proves
+     * the server came back from its DMA (QEMU reads all-ones from a
+     * server that is gone or stuck).
+     */
+    delta = qpci_io_readq(dev, bar0, 0);
+    g_assert_cmpint(delta, >=, -3);
+    g_assert_cmpint(delta, <, WAIT_MS / 1000);
     g_assert_cmpint(waitpid(server->pid, &status, WNOHANG), ==, 0);
 
     g_free(dev);

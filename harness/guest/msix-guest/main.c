@@ -19,7 +19,7 @@
 #define TS_REG_STATUS   0x120
 #define TS_REG_VECTOR   0x12c
 #define TS_REG_CMD      0x200
-#define TS_CMD_VECTOR     4
+#define TS_CMD_VECTOR   4
 #define TS_ID           0x56555453u
 
 #define BAR0_ADDR       0xe0000000u
