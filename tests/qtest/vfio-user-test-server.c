@@ -499,7 +499,7 @@ int main(int argc, char **argv)
         err(EXIT_FAILURE, "vfu_pci_add_capability");
     }
     if (msix_pos + sizeof(msix) > MSI_CAP_POS) {
-        errx(EXIT_FAILURE, "MSI-X capability at %#zx overlaps MSI's",
+        errx(EXIT_FAILURE, "MSI-X capability at 0x%zx overlaps MSI's",
              (size_t)msix_pos);
     }
     /* MSI: written into config space and chained after MSI-X by hand */
