@@ -84,15 +84,18 @@ qemu: tree configure
 # The Linux test guest: Debian's kernel and busybox in an initramfs;
 # and a bare-metal multiboot guest that runs under KVM here
 MSIX_GUEST_SRC := $(wildcard harness/guest/msix-guest/*)
-guest: $(STAMPS)/deps $(GUEST)/msix-guest.elf
+guest: $(STAMPS)/deps $(GUEST)/msix-guest.elf $(GUEST)/msi-guest.elf
 	harness/build-guest.sh $(REPO) $(GUEST)
 
-$(GUEST)/msix-guest.elf: $(MSIX_GUEST_SRC)
+# The same program, driving MSI-X or (-DGUEST_USE_MSI) MSI
+$(GUEST)/msix-guest.elf: GUEST_CFLAGS :=
+$(GUEST)/msi-guest.elf: GUEST_CFLAGS := -DGUEST_USE_MSI
+$(GUEST)/msix-guest.elf $(GUEST)/msi-guest.elf: $(MSIX_GUEST_SRC)
 	@mkdir -p $(GUEST)
 	gcc -m32 -march=i686 -ffreestanding -fno-pic -fno-pie \
 		-fno-stack-protector -nostdlib -static -O2 -Wall -Werror \
 		-Wl,--build-id=none -Wl,--no-warn-rwx-segments \
-		-Wl,-T,harness/guest/msix-guest/link.ld -o $@ \
+		-Wl,-T,harness/guest/msix-guest/link.ld $(GUEST_CFLAGS) -o $@ \
 		harness/guest/msix-guest/entry.S harness/guest/msix-guest/main.c
 
 check: qemu guest
@@ -102,7 +105,9 @@ check: qemu guest
 		"e2e: Linux guest with intel-iommu, NVMe via x-vfio-user-server" \
 		"$(REPO)/harness/e2e-nvme.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/e2e-nvme-iommu shared iommu" \
 		"kvm: bare-metal guest, MSI-X through KVM irqfd" \
-		"$(REPO)/harness/kvm-msix.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-test-server $(GUEST)/msix-guest.elf $(REPO)/out/kvm-msix" \
+		"$(REPO)/harness/kvm-msix.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-test-server $(GUEST)/msix-guest.elf $(REPO)/out/kvm-msix msix" \
+		"kvm: bare-metal guest, MSI through KVM irqfd" \
+		"$(REPO)/harness/kvm-msix.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-test-server $(GUEST)/msi-guest.elf $(REPO)/out/kvm-msi msi" \
 		"series: export, git am, checkpatch" \
 		"$(MAKE) -C $(REPO) --no-print-directory check-series"
 

@@ -1,12 +1,13 @@
 #!/bin/bash
-# Under KVM, a bare-metal guest has the test server raise MSI-X 1000 times
-# and counts the interrupts.  The server's eventfd writes must reach the
-# guest as KVM irqfds, without QEMU: QEMU's own MSI handler
+# Under KVM, a bare-metal guest has the test server raise MSI-X (or MSI)
+# 1000 times and counts the interrupts.  The server's eventfd writes must
+# reach the guest as KVM irqfds, without QEMU: QEMU's own MSI handler
 # (trace vfio_msi_interrupt) must not run.  A second run with
-# x-no-kvm-msix=on, where QEMU relays every interrupt, shows the trace
-# would have seen them.
+# x-no-kvm-msix=on (x-no-kvm-msi=on), where QEMU relays every interrupt,
+# shows the trace would have seen them.
 #
-# usage: kvm-msix.sh QEMU TEST_SERVER GUEST_ELF WORK_DIR
+# usage: kvm-msix.sh QEMU TEST_SERVER GUEST_ELF WORK_DIR [msix|msi]
+#   GUEST_ELF is harness/guest/msix-guest built for that mode
 # Exits 0 on success, 77 (skip) when this machine cannot run KVM guests.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
@@ -16,6 +17,7 @@ qemu=$(realpath "$1")
 server_bin=$(realpath "$2")
 elf=$(realpath "$3")
 work=$(realpath -m "$4")
+mode=${5:-msix}
 rounds=1000
 
 if [ ! -w /dev/kvm ]; then
@@ -46,9 +48,9 @@ run() {
         echo "SKIP: KVM is unusable here: $(grep -m1 -i kvm "$log")"
         exit 77
     fi
-    grep '^msix-guest' "$log" >&2
+    grep "^$mode-guest" "$log" >&2
     # isa-debug-exit: the guest's 0 comes out as status 1
-    if [ $rc -ne 1 ] || ! grep -q '^msix-guest: PASS' "$log"; then
+    if [ $rc -ne 1 ] || ! grep -q "^$mode-guest: PASS" "$log"; then
         echo "kvm-msix: $1: the guest did not pass (QEMU status $rc)" >&2
         tail -n 20 "$log" >&2
         exit 1
@@ -57,6 +59,6 @@ run() {
 }
 
 irqfd=$(run irqfd "")
-relayed=$(run relayed ",x-no-kvm-msix=on")
-echo "kvm-msix: $rounds interrupts each; relayed by QEMU: $irqfd with irqfd, $relayed without"
+relayed=$(run relayed ",x-no-kvm-$mode=on")
+echo "kvm-msix: $mode, $rounds interrupts each; relayed by QEMU: $irqfd with irqfd, $relayed without"
 [ "$irqfd" -eq 0 ] && [ "$relayed" -ge "$rounds" ]

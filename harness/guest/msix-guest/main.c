@@ -3,7 +3,8 @@
  * would (finds it on PCI, assigns its BARs, enables MSI-X with vector 0
  * aimed at the local APIC), then has the device raise the vector many
  * times and counts the interrupts that arrive.  Prints the count on COM1
- * and reports pass/fail through isa-debug-exit.
+ * and reports pass/fail through isa-debug-exit.  Built with GUEST_USE_MSI,
+ * it does the same with the device's MSI capability instead.
  *
  * Under KVM, vfio-user-pci hands the server KVM irqfds: the server's
  * eventfd writes become guest interrupts without QEMU in the path.
@@ -12,6 +13,12 @@
  */
 
 #include <stdint.h>
+
+#ifdef GUEST_USE_MSI
+#define GUEST           "msi-guest"
+#else
+#define GUEST           "msix-guest"
+#endif
 
 #define TS_VENDOR       0x1b36
 #define TS_DEVICE       0x00f0
@@ -26,7 +33,12 @@
 #define BAR1_ADDR       0xe0002000u
 #define BAR2_ADDR       0xe0004000u
 #define LAPIC           0xfee00000u
-#define MSIX_VECTOR     0x40
+#define MSIX_VECTOR     0x40    /* the IDT vector, for MSI too */
+#ifdef GUEST_USE_MSI
+#define CAP_ID          0x05
+#else
+#define CAP_ID          0x11
+#endif
 #define ROUNDS          1000
 #define DEBUG_EXIT_PORT 0xf4
 
@@ -92,7 +104,7 @@ static void putu_serial(uint32_t v)
 
 static void finish(int ok)
 {
-    puts_serial(ok ? "msix-guest: PASS\n" : "msix-guest: FAIL\n");
+    puts_serial(ok ? GUEST ": PASS\n" : GUEST ": FAIL\n");
     /* isa-debug-exit: QEMU exits with (value << 1) | 1 */
     outb(DEBUG_EXIT_PORT, ok ? 0 : 1);
     for (;;) {
@@ -147,7 +159,7 @@ void msix_handler(void)
 
 void fault_handler(void)
 {
-    puts_serial("msix-guest: unexpected exception or interrupt\n");
+    puts_serial(GUEST ": unexpected exception or interrupt\n");
     finish(0);
 }
 
@@ -182,9 +194,14 @@ static void setup_idt(void)
 void guest_main(void)
 {
     int dev, cap, i, spin;
-    uint32_t table, sent = 0;
+    uint32_t sent = 0;
+#ifdef GUEST_USE_MSI
+    uint32_t ctrl, data_off;
+#else
+    uint32_t table;
+#endif
 
-    puts_serial("msix-guest: start\n");
+    puts_serial(GUEST ": start\n");
     setup_idt();
     /* The 8259s deliver nothing we want: mask them all */
     outb(0x21, 0xff);
@@ -198,7 +215,7 @@ void guest_main(void)
         }
     }
     if (dev == 32) {
-        puts_serial("msix-guest: no test device\n");
+        puts_serial(GUEST ": no test device\n");
         finish(0);
     }
     cfg_write(dev, 0x10, BAR0_ADDR);
@@ -206,23 +223,41 @@ void guest_main(void)
     cfg_write(dev, 0x18, BAR2_ADDR);
     cfg_write(dev, 0x04, 0x6);          /* memory space, bus master */
     if (mmio_read(BAR0_ADDR + TS_REG_ID) != TS_ID) {
-        puts_serial("msix-guest: BAR0 does not answer\n");
+        puts_serial(GUEST ": BAR0 does not answer\n");
         finish(0);
     }
 
     for (cap = cfg_read(dev, 0x34) & 0xfc; cap;
          cap = (cfg_read(dev, cap) >> 8) & 0xfc) {
-        if ((cfg_read(dev, cap) & 0xff) == 0x11) {
+        if ((cfg_read(dev, cap) & 0xff) == CAP_ID) {
             break;
         }
     }
+#ifdef GUEST_USE_MSI
     if (!cap) {
-        puts_serial("msix-guest: no MSI-X capability\n");
+        puts_serial(GUEST ": no MSI capability\n");
+        finish(0);
+    }
+    /* One vector, aimed at this CPU's APIC; 64-bit layout if offered */
+    ctrl = cfg_read(dev, cap) >> 16;
+    data_off = ctrl & 0x80 ? 12 : 8;
+    cfg_write(dev, cap + 4, LAPIC);
+    if (ctrl & 0x80) {
+        cfg_write(dev, cap + 8, 0);
+    }
+    cfg_write16(dev, cap + data_off, MSIX_VECTOR);
+    if (ctrl & 0x100) {
+        cfg_write(dev, cap + data_off + 4, 0);      /* unmask */
+    }
+    cfg_write16(dev, cap + 2, (ctrl & ~0x70) | 1);
+#else
+    if (!cap) {
+        puts_serial(GUEST ": no MSI-X capability\n");
         finish(0);
     }
     table = cfg_read(dev, cap + 4);
     if ((table & 7) != 2) {
-        puts_serial("msix-guest: MSI-X table not in BAR2\n");
+        puts_serial(GUEST ": MSI-X table not in BAR2\n");
         finish(0);
     }
     table = BAR2_ADDR + (table & ~7u);
@@ -233,6 +268,7 @@ void guest_main(void)
     mmio_write(table + 4, 0);
     mmio_write(table + 8, MSIX_VECTOR);
     mmio_write(table + 12, 0);
+#endif
     __asm__ volatile("sti");
 
     mmio_write(BAR0_ADDR + TS_REG_VECTOR, 0);
@@ -246,7 +282,7 @@ void guest_main(void)
             break;
         }
     }
-    puts_serial("msix-guest: interrupts ");
+    puts_serial(GUEST ": interrupts ");
     putu_serial(msix_count);
     puts_serial(" of ");
     putu_serial(ROUNDS);
