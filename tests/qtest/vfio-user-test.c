@@ -668,18 +668,23 @@ static void msix_fire(TestDev *t, int vector)
     g_assert_cmpuint(vector_fire(t, vector), ==, 0);
 }
 
-static bool msix_arrived(TestDev *t, int vector)
+/* Wait for an interrupt message: @value written to guest RAM at @addr */
+static bool message_arrived(TestDev *t, uint64_t addr, uint32_t value)
 {
     int i;
 
     for (i = 0; i < WAIT_MS / 10; i++) {
-        if (qtest_readl(t->qts, MSIX_RAM + vector * 4) ==
-            0xcafe0000 + vector) {
+        if (qtest_readl(t->qts, addr) == value) {
             return true;
         }
         g_usleep(10 * 1000);
     }
     return false;
+}
+
+static bool msix_arrived(TestDev *t, int vector)
+{
+    return message_arrived(t, MSIX_RAM + vector * 4, 0xcafe0000 + vector);
 }
 
 /*
@@ -737,15 +742,7 @@ static void test_msix(void)
 
 static bool msi_arrived(TestDev *t, int vector)
 {
-    int i;
-
-    for (i = 0; i < WAIT_MS / 10; i++) {
-        if (qtest_readl(t->qts, MSI_RAM) == (MSI_DATA | vector)) {
-            return true;
-        }
-        g_usleep(10 * 1000);
-    }
-    return false;
+    return message_arrived(t, MSI_RAM, MSI_DATA | vector);
 }
 
 /* Enable MSI with 1 << @log2 vectors, or disable it (@log2 < 0) */
