@@ -38,13 +38,14 @@ SAMPLES := gpio-pci-idio-16 server null client
 NINJA_TARGETS := qemu-system-x86_64 qemu-system-aarch64 \
 	tests/qtest/vfio-user-test \
 	tests/qtest/vfio-user-test-server \
+	tests/qtest/vfio-user-raw-server \
 	$(addprefix subprojects/libvfio-user/samples/,$(SAMPLES))
 
 GUEST := $(BUILD)/guest
 QEMU_BIN := $(BUILD)/qemu-system-x86_64
 
 .PHONY: all deps fetch tree configure qemu guest check series check-series \
-	demo clean FORCE
+	demo bench clean FORCE
 
 all: qemu guest
 

@@ -15,11 +15,24 @@
 #include "qapi/error.h"
 #include "qemu/error-report.h"
 #include "qemu/host-utils.h"
+#include "qemu/main-loop.h"
 #include "qemu/units.h"
 #include "trace.h"
 
 /* Room enough for any region's capabilities */
 #define VFIO_USER_MAX_REGION_INFO   (64 * KiB)
+
+/*
+ * GET_REGION_IO_FDS: first ask with room for a few entries of the longest
+ * layout; a server that needs more says so, and gets one more try within
+ * what we accept.
+ */
+#define VFIO_USER_IO_FDS_ARGSZ(n) \
+    (sizeof(VFIOUserRegionIOFDsMsg) - sizeof(VFIOUserHdr) + \
+     (n) * sizeof(VFIOUserIOFDEntryShadow))
+#define VFIO_USER_IO_FDS_FIRST_ARGSZ  VFIO_USER_IO_FDS_ARGSZ(8)
+#define VFIO_USER_IO_FDS_MAX_ARGSZ \
+    VFIO_USER_IO_FDS_ARGSZ(VFIO_USER_MAX_IO_FDS)
 
 static VFIOUserDevice *vfio_user_dev(VFIODevice *vbasedev)
 {
@@ -418,6 +431,11 @@ static int vfio_user_region_read(VFIODevice *vbasedev, uint8_t index,
         memset(data, 0xff, size);
         return size;
     }
+    if (udev->regions[index].iofds &&
+        vfio_user_iofds_read(udev->regions[index].iofds, udev->proxy, rel,
+                             size, data, &ret)) {
+        return ret;
+    }
     while (done < size) {
         uint32_t count = MIN(size - done, udev->proxy->max_xfer_size);
         VFIOUserRegionRW msg = { };
@@ -455,6 +473,7 @@ static int vfio_user_region_write(VFIODevice *vbasedev, uint8_t index,
     VFIOUserDevice *udev = vfio_user_dev(vbasedev);
     uint32_t done = 0;
     uint64_t rel;
+    bool posted;
     int ret;
 
     ret = vfio_user_region_offset(vbasedev, index, off, size, &rel);
@@ -464,6 +483,16 @@ static int vfio_user_region_write(VFIODevice *vbasedev, uint8_t index,
     if (vfio_user_dev_gone(udev)) {
         return size;
     }
+    if (udev->regions[index].iofds &&
+        vfio_user_iofds_write(udev->regions[index].iofds, udev->proxy, rel,
+                              size, data, &ret)) {
+        return ret;
+    }
+    /*
+     * A guest's write to a BAR has nobody to hear of its failure: post it.
+     * Config space writes wait, as hw/vfio acts on what follows them.
+     */
+    posted = udev->posted_writes && index < VFIO_PCI_ROM_REGION_INDEX;
     while (done < size) {
         uint32_t count = MIN(size - done, udev->proxy->max_xfer_size);
         size_t msg_size = sizeof(VFIOUserRegionRW) + count;
@@ -475,7 +504,12 @@ static int vfio_user_region_write(VFIODevice *vbasedev, uint8_t index,
         msg->region = index;
         msg->count = count;
         memcpy(msg->data, data + done, count);
-        ret = vfio_user_request(udev->proxy, &msg->hdr, NULL, 0, NULL, &err);
+        if (posted) {
+            ret = vfio_user_request_posted(udev->proxy, &msg->hdr, &err);
+        } else {
+            ret = vfio_user_request(udev->proxy, &msg->hdr, NULL, 0, NULL,
+                                    &err);
+        }
         if (ret < 0) {
             return vfio_user_io_failed(vbasedev, ret, err);
         }
@@ -484,18 +518,144 @@ static int vfio_user_region_write(VFIODevice *vbasedev, uint8_t index,
     return done;
 }
 
+/*
+ * Ask the server which parts of region @index it wants reached through
+ * fds of their own, and hand them to iofd.c.  A server without
+ * GET_REGION_IO_FDS, or with nothing for this region, is fine: accesses
+ * keep going through the socket.
+ */
+static void vfio_user_fetch_io_fds(VFIODevice *vbasedev, unsigned int index)
+{
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    uint32_t argsz = VFIO_USER_IO_FDS_FIRST_ARGSZ;
+    int attempt;
+
+    for (attempt = 0; attempt < 2; attempt++) {
+        VFIOUserRegionIOFDsMsg msg = { };
+        g_auto(VFIOUserMsg) reply = { };
+        VFIOUserRegionIOFDsMsg *rmsg;
+        Error *err = NULL;
+
+        vfio_user_request_init(&msg.hdr, VFIO_USER_DEVICE_GET_REGION_IO_FDS,
+                               sizeof(msg));
+        msg.argsz = argsz;
+        msg.index = index;
+        if (vfio_user_request(udev->proxy, &msg.hdr, NULL, 0, &reply,
+                              &err) < 0) {
+            trace_vfio_user_iofds_none(vbasedev->name, index,
+                                       error_get_pretty(err));
+            error_free(err);
+            return;
+        }
+        if (!vfio_user_payload(&reply, sizeof(msg) - sizeof(msg.hdr), NULL,
+                               &err)) {
+            goto refuse;
+        }
+        rmsg = (VFIOUserRegionIOFDsMsg *)reply.hdr;
+        if (rmsg->index != index || rmsg->flags) {
+            error_setg(&err, "reply for region %u with flags 0x%x",
+                       rmsg->index, rmsg->flags);
+            goto refuse;
+        }
+        if (rmsg->argsz <= argsz || !rmsg->count) {
+            vfio_user_iofds_install(udev->regions[index].iofds, &reply);
+            return;
+        }
+        /* Too little room: the server said how much, and sent nothing */
+        if (rmsg->argsz > VFIO_USER_IO_FDS_MAX_ARGSZ) {
+            error_setg(&err, "%u entries need argsz %u, more than the %zu "
+                       "accepted", rmsg->count, rmsg->argsz,
+                       VFIO_USER_IO_FDS_MAX_ARGSZ);
+            goto refuse;
+        }
+        argsz = rmsg->argsz;
+        continue;
+
+refuse:
+        error_report("%s: BAR %u I/O fds refused: %s; its accesses go "
+                     "through the socket", vbasedev->name, index,
+                     error_get_pretty(err));
+        error_free(err);
+        return;
+    }
+    error_report("%s: BAR %u I/O fds refused: the server asks for more room "
+                 "than it said it needs (argsz %u); its accesses go through "
+                 "the socket", vbasedev->name, index, argsz);
+}
+
+void vfio_user_device_setup_io_fds(VFIODevice *vbasedev, VFIORegion *region,
+                                   bool pio)
+{
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    VFIOUserRegion *uregion = &udev->regions[region->nr];
+
+    if (!uregion->iofds) {
+        uregion->iofds = vfio_user_iofds_new(vbasedev->name, region, pio,
+                                             udev->proxy->timeout_ms);
+    }
+    if (!vfio_user_dev_gone(udev)) {
+        vfio_user_fetch_io_fds(vbasedev, region->nr);
+    }
+}
+
+static void vfio_user_clear_io_fds(VFIOUserDevice *udev)
+{
+    unsigned int i;
+
+    for (i = 0; i < udev->num_regions; i++) {
+        if (udev->regions[i].iofds) {
+            vfio_user_iofds_clear(udev->regions[i].iofds);
+        }
+    }
+}
+
+/* Unregister every I/O fd and close it, for good */
+void vfio_user_device_drop_io_fds(VFIODevice *vbasedev)
+{
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+
+    if (udev) {
+        vfio_user_clear_io_fds(udev);
+    }
+}
+
+/*
+ * The server is gone: unregister its fds and close them.  From a bottom
+ * half, as the connection may be lost in the middle of an access that is
+ * using them.
+ */
+static void vfio_user_lost_bh(void *opaque)
+{
+    vfio_user_clear_io_fds(opaque);
+}
+
+static void vfio_user_lost(Notifier *notifier, void *data)
+{
+    VFIOUserDevice *udev = container_of(notifier, VFIOUserDevice, lost);
+
+    qemu_bh_schedule(udev->lost_bh);
+}
+
 static int vfio_user_device_reset(VFIODevice *vbasedev)
 {
     VFIOUserDevice *udev = vfio_user_dev(vbasedev);
     VFIOUserHdr msg;
     Error *err = NULL;
+    unsigned int i;
     int ret;
 
     if (vfio_user_dev_gone(udev)) {
         return 0;
     }
+    /* A reset device may want other fds, or none: ask again after it */
+    vfio_user_clear_io_fds(udev);
     vfio_user_request_init(&msg, VFIO_USER_DEVICE_RESET, sizeof(msg));
     ret = vfio_user_request(udev->proxy, &msg, NULL, 0, NULL, &err);
+    for (i = 0; i < udev->num_regions && !vfio_user_dev_gone(udev); i++) {
+        if (udev->regions[i].iofds) {
+            vfio_user_fetch_io_fds(vbasedev, i);
+        }
+    }
     if (ret < 0) {
         return vfio_user_io_failed(vbasedev, ret, err);
     }
@@ -553,6 +713,9 @@ bool vfio_user_device_attach(VFIODevice *vbasedev, VFIOUserDevice *udev,
     for (i = 0; i < udev->num_regions; i++) {
         udev->regions[i].fd = -1;
     }
+    udev->lost_bh = qemu_bh_new(vfio_user_lost_bh, udev);
+    udev->lost.notify = vfio_user_lost;
+    vfio_user_add_lost_notifier(udev->proxy, &udev->lost);
     vbasedev->io_ops = &vfio_user_device_io_ops;
     vbasedev->io_opaque = udev;
     return true;
@@ -566,7 +729,11 @@ void vfio_user_device_detach(VFIODevice *vbasedev)
     if (!udev) {
         return;
     }
+    notifier_remove(&udev->lost);
+    qemu_bh_delete(udev->lost_bh);
+    udev->lost_bh = NULL;
     for (i = 0; i < udev->num_regions; i++) {
+        vfio_user_iofds_free(udev->regions[i].iofds);
         if (udev->regions[i].fd >= 0) {
             close(udev->regions[i].fd);
         }

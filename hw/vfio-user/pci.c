@@ -23,7 +23,12 @@
 #include "trace.h"
 
 #define TYPE_VFIO_USER_PCI "vfio-user-pci"
-OBJECT_DECLARE_SIMPLE_TYPE(VFIOUserPCIDevice, VFIO_USER_PCI)
+OBJECT_DECLARE_TYPE(VFIOUserPCIDevice, VFIOUserPCIDeviceClass, VFIO_USER_PCI)
+
+struct VFIOUserPCIDeviceClass {
+    PCIDeviceClass parent_class;
+    PCIUnregisterFunc *parent_exit;
+};
 
 /* Long enough for a server that is busy, short enough to notice a hang */
 #define VFIO_USER_DEFAULT_TIMEOUT_MS 5000
@@ -37,6 +42,8 @@ struct VFIOUserPCIDevice {
     char *socket_path;
     char *socket_str;
     uint32_t timeout_ms;
+    bool no_posted_writes;
+    bool no_io_fds;
 
     VFIOUserDevice udev;
 };
@@ -95,6 +102,7 @@ static void vfio_user_pci_realize(PCIDevice *pdev, Error **errp)
     VFIOPCIDevice *vdev = VFIO_PCI_BASE(pdev);
     VFIODevice *vbasedev = &vdev->vbasedev;
     g_autoptr(SocketAddress) addr = NULL;
+    int i;
     const VFIOIOMMUClass *ops =
         VFIO_IOMMU_CLASS(object_class_by_name(TYPE_VFIO_IOMMU_USER));
 
@@ -130,10 +138,31 @@ static void vfio_user_pci_realize(PCIDevice *pdev, Error **errp)
     if (!vfio_pci_device_setup(vdev, errp)) {
         goto error;
     }
+
+    dev->udev.posted_writes = !dev->no_posted_writes;
+    for (i = 0; i < PCI_ROM_SLOT && !dev->no_io_fds; i++) {
+        VFIOBAR *bar = &vdev->bars[i];
+
+        if (bar->region.size) {
+            vfio_user_device_setup_io_fds(vbasedev, &bar->region, bar->ioport);
+        }
+    }
     return;
 
 error:
     error_prepend(errp, VFIO_MSG_PREFIX, vbasedev->name);
+}
+
+/*
+ * The I/O fds are registered on the BARs' memory regions, which are gone
+ * by the time the device is finalized: give them back on unplug.
+ */
+static void vfio_user_pci_exit(PCIDevice *pdev)
+{
+    VFIOUserPCIDeviceClass *k = VFIO_USER_PCI_GET_CLASS(pdev);
+
+    vfio_user_device_drop_io_fds(&VFIO_PCI_BASE(pdev)->vbasedev);
+    k->parent_exit(pdev);
 }
 
 static void vfio_user_pci_instance_init(Object *obj)
@@ -198,12 +227,16 @@ static const Property vfio_user_pci_properties[] = {
     DEFINE_PROP_STRING("socket.str", VFIOUserPCIDevice, socket_str),
     DEFINE_PROP_UINT32("x-request-timeout-ms", VFIOUserPCIDevice,
                        timeout_ms, VFIO_USER_DEFAULT_TIMEOUT_MS),
+    DEFINE_PROP_BOOL("x-no-posted-writes", VFIOUserPCIDevice,
+                     no_posted_writes, false),
+    DEFINE_PROP_BOOL("x-no-io-fds", VFIOUserPCIDevice, no_io_fds, false),
 };
 
 static void vfio_user_pci_class_init(ObjectClass *klass, void *data)
 {
     DeviceClass *dc = DEVICE_CLASS(klass);
     PCIDeviceClass *pdc = PCI_DEVICE_CLASS(klass);
+    VFIOUserPCIDeviceClass *k = VFIO_USER_PCI_CLASS(klass);
 
     device_class_set_props(dc, vfio_user_pci_properties);
     object_class_property_add(klass, "socket", "SocketAddress", NULL,
@@ -220,14 +253,22 @@ static void vfio_user_pci_class_init(ObjectClass *klass, void *data)
         "socket.type=fd");
     object_class_property_set_description(klass, "x-request-timeout-ms",
         "How long to wait for the server's reply to each request (ms)");
+    object_class_property_set_description(klass, "x-no-posted-writes",
+        "Wait for the server's reply to every BAR write");
+    object_class_property_set_description(klass, "x-no-io-fds",
+        "Do not ask the server for ioeventfds or ioregionfds: every BAR "
+        "access goes through the socket");
     dc->desc = "vfio-user PCI device: device emulated by a vfio-user server";
     pdc->realize = vfio_user_pci_realize;
+    k->parent_exit = pdc->exit;
+    pdc->exit = vfio_user_pci_exit;
 }
 
 static const TypeInfo vfio_user_pci_info = {
     .name = TYPE_VFIO_USER_PCI,
     .parent = TYPE_VFIO_PCI_BASE,
     .instance_size = sizeof(VFIOUserPCIDevice),
+    .class_size = sizeof(VFIOUserPCIDeviceClass),
     .class_init = vfio_user_pci_class_init,
     .instance_init = vfio_user_pci_instance_init,
     .instance_finalize = vfio_user_pci_instance_finalize,

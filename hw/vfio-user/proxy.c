@@ -6,7 +6,8 @@
  * listener) and their reply is awaited in place, while requests the server
  * sends in the meantime (DMA_READ, DMA_WRITE) are served from the same
  * loop.  When no request is outstanding, a main-loop fd handler serves the
- * server's requests and notices when the server goes away.
+ * server's requests, takes the replies to posted requests (sent without
+ * waiting) and notices when the server goes away.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -101,6 +102,9 @@ static void vfio_user_connection_lost(VFIOUserProxy *proxy, Error *err,
             error_report("%s; the device is disconnected",
                          error_get_pretty(err));
         }
+        /* Their replies will never come */
+        proxy->nr_posted = 0;
+        notifier_list_notify(&proxy->lost_notifiers, proxy);
     }
     error_propagate(errp, err);
 }
@@ -261,6 +265,43 @@ static int vfio_user_serve_request(VFIOUserProxy *proxy, VFIOUserMsg *req,
     return vfio_user_send(proxy, reply, NULL, 0, errp);
 }
 
+/*
+ * The reply to a posted request, if @msg is one.  Nobody waits for it; a
+ * failure is still worth knowing about, once: a guest that keeps writing
+ * to a register the server refuses must not flood the log.
+ */
+static bool vfio_user_posted_reply(VFIOUserProxy *proxy, VFIOUserMsg *msg)
+{
+    const char *name = vfio_user_command_name(msg->hdr->command);
+    unsigned int i;
+
+    for (i = 0; i < proxy->nr_posted; i++) {
+        if (proxy->posted[i] == msg->hdr->id) {
+            break;
+        }
+    }
+    if (i == proxy->nr_posted) {
+        return false;
+    }
+    proxy->nr_posted--;
+    memmove(&proxy->posted[i], &proxy->posted[i + 1],
+            (proxy->nr_posted - i) * sizeof(proxy->posted[0]));
+
+    if (!(msg->hdr->flags & VFIO_USER_ERROR)) {
+        return true;
+    }
+    trace_vfio_user_posted_failed(proxy->sockname, msg->hdr->id, name,
+                                  msg->hdr->error_reply);
+    if (!proxy->posted_error_reported) {
+        proxy->posted_error_reported = true;
+        error_report("vfio-user %s: posted %s (id %u) failed: %s (error %u);"
+                     " further failures are only traced", proxy->sockname,
+                     name, msg->hdr->id, strerror(msg->hdr->error_reply),
+                     msg->hdr->error_reply);
+    }
+    return true;
+}
+
 /* A message arrived that nobody is waiting for */
 static int vfio_user_dispatch(VFIOUserProxy *proxy, VFIOUserMsg *msg,
                               Error **errp)
@@ -269,6 +310,9 @@ static int vfio_user_dispatch(VFIOUserProxy *proxy, VFIOUserMsg *msg,
     case VFIO_USER_REQUEST:
         return vfio_user_serve_request(proxy, msg, errp);
     case VFIO_USER_REPLY:
+        if (vfio_user_posted_reply(proxy, msg)) {
+            return 0;
+        }
         /* The reply to a request that timed out: its caller has gone */
         trace_vfio_user_stale_reply(proxy->sockname, msg->hdr->id,
                                     vfio_user_command_name(msg->hdr->command));
@@ -389,6 +433,95 @@ int vfio_user_request(VFIOUserProxy *proxy, VFIOUserHdr *req,
     return ret;
 }
 
+/*
+ * Serve what the server sends until at most @limit posted requests await
+ * their reply.  Returns 0 or a negative errno.
+ */
+static int vfio_user_wait_posted(VFIOUserProxy *proxy, unsigned int limit,
+                                 Error **errp)
+{
+    int64_t deadline = qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                       proxy->timeout_ms;
+    Error *err = NULL;
+    int ret = 0;
+
+    while (proxy->connected && proxy->nr_posted > limit) {
+        g_auto(VFIOUserMsg) msg = { };
+
+        ret = vfio_user_recv(proxy, &msg, true, deadline, &err);
+        if (ret == -ETIMEDOUT) {
+            /* As for any request: the server is slow, keep the link */
+            error_propagate_prepend(errp, err, "vfio-user %s: waiting for "
+                                    "posted replies: ", proxy->sockname);
+            return ret;
+        }
+        if (ret == 0) {
+            ret = vfio_user_dispatch(proxy, &msg, &err);
+        }
+        if (ret < 0) {
+            error_prepend(&err, "vfio-user %s: ", proxy->sockname);
+            vfio_user_connection_lost(proxy, err, errp);
+            return ret;
+        }
+    }
+    return ret;
+}
+
+/*
+ * Send @req and return without waiting for its reply.  The server handles
+ * requests in the order they arrive (the specification's "Command
+ * Concurrency"), so anything sent later, whose reply is awaited, is done
+ * after it; its reply is matched by id whenever it comes, and a failure
+ * is reported then.  Only for requests whose failure the caller could not
+ * act on anyway, such as a guest's write to a BAR.
+ */
+int vfio_user_request_posted(VFIOUserProxy *proxy, VFIOUserHdr *req,
+                             Error **errp)
+{
+    Error *err = NULL;
+    int ret;
+
+    if (!proxy->connected) {
+        error_setg(errp, "vfio-user %s: not connected", proxy->sockname);
+        return -ENOTCONN;
+    }
+    if (proxy->nr_posted == VFIO_USER_MAX_POSTED) {
+        ret = vfio_user_wait_posted(proxy, VFIO_USER_MAX_POSTED - 1, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+
+    req->id = proxy->next_id++;
+    ret = vfio_user_send(proxy, req, NULL, 0, &err);
+    if (ret < 0) {
+        error_prepend(&err, "vfio-user %s: posted %s (id %u) failed: ",
+                      proxy->sockname, vfio_user_command_name(req->command),
+                      req->id);
+        vfio_user_connection_lost(proxy, err, errp);
+        return ret;
+    }
+    proxy->posted[proxy->nr_posted++] = req->id;
+    return 0;
+}
+
+/* Wait until the server has answered every posted request */
+void vfio_user_flush_posted(VFIOUserProxy *proxy)
+{
+    Error *err = NULL;
+
+    if (proxy->nr_posted && vfio_user_wait_posted(proxy, 0, &err) < 0) {
+        trace_vfio_user_flush_failed(proxy->sockname,
+                                     error_get_pretty(err));
+        error_free(err);
+    }
+}
+
+void vfio_user_add_lost_notifier(VFIOUserProxy *proxy, Notifier *notifier)
+{
+    notifier_list_add(&proxy->lost_notifiers, notifier);
+}
+
 void vfio_user_set_request_handler(VFIOUserProxy *proxy,
                                    VFIOUserRequestHandler *handler,
                                    void *opaque)
@@ -437,6 +570,7 @@ VFIOUserProxy *vfio_user_connect(SocketAddress *addr, uint32_t timeout_ms,
     proxy->sockname = g_steal_pointer(&sockname);
     proxy->timeout_ms = timeout_ms;
     proxy->connected = true;
+    notifier_list_init(&proxy->lost_notifiers);
     /* Until the server says otherwise */
     proxy->max_send_fds = VFIO_USER_DEF_MAX_FDS;
     proxy->max_xfer_size = VFIO_USER_DEF_MAX_XFER;
@@ -446,6 +580,8 @@ VFIOUserProxy *vfio_user_connect(SocketAddress *addr, uint32_t timeout_ms,
 
 void vfio_user_disconnect(VFIOUserProxy *proxy)
 {
+    /* Let the guest's last writes land, and hear of their failures */
+    vfio_user_flush_posted(proxy);
     if (proxy->connected) {
         qemu_set_fd_handler(vfio_user_fd(proxy), NULL, NULL, NULL);
         qio_channel_shutdown(proxy->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);

@@ -59,15 +59,16 @@ static bool wait_for_file(const char *path)
 }
 
 /*
- * Start the server program @path (a @what) on a socket of its own; NULL,
- * and the test skipped, if it was not built.
+ * Start the server program @path (a @what) with options @args (NULL or
+ * NULL-terminated) on a socket of its own; NULL, and the test skipped, if
+ * it was not built.
  */
-static TestServer *server_start(const char *path, const char *what,
-                                bool quiet)
+static TestServer *server_start_args(const char *path, const char *what,
+                                     bool quiet, const char *const *args)
 {
     g_autoptr(GError) err = NULL;
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
     TestServer *s;
-    char *argv[3];
 
     if (!g_file_test(path, G_FILE_TEST_IS_EXECUTABLE)) {
         g_autofree char *why = g_strdup_printf("%s %s not built", what, path);
@@ -79,10 +80,13 @@ static TestServer *server_start(const char *path, const char *what,
     s->dir = g_dir_make_tmp("vfio-user-test-XXXXXX", &err);
     g_assert_no_error(err);
     s->sock = g_build_filename(s->dir, "sock", NULL);
-    argv[0] = (char *)path;
-    argv[1] = s->sock;
-    argv[2] = NULL;
-    g_spawn_async_with_pipes(NULL, argv, NULL,
+    g_ptr_array_add(argv, (char *)path);
+    while (args && *args) {
+        g_ptr_array_add(argv, (char *)*args++);
+    }
+    g_ptr_array_add(argv, s->sock);
+    g_ptr_array_add(argv, NULL);
+    g_spawn_async_with_pipes(NULL, (char **)argv->pdata, NULL,
                              G_SPAWN_DO_NOT_REAP_CHILD |
                              G_SPAWN_STDOUT_TO_DEV_NULL |
                              (quiet ? G_SPAWN_STDERR_TO_DEV_NULL : 0),
@@ -91,6 +95,12 @@ static TestServer *server_start(const char *path, const char *what,
     g_assert_no_error(err);
     g_assert_true(wait_for_file(s->sock));
     return s;
+}
+
+static TestServer *server_start(const char *path, const char *what,
+                                bool quiet)
+{
+    return server_start_args(path, what, quiet, NULL);
 }
 
 /* libvfio-user's sample server @name */
@@ -1344,6 +1354,663 @@ static void test_error_timeout(void)
                      "no message from the server within 300 ms");
 }
 
+/*
+ * Our tests/qtest/vfio-user-raw-server: a server without libvfio-user that
+ * offers every kind of I/O fd (GET_REGION_IO_FDS), in both entry layouts,
+ * bad entries on request, and counts what arrives on each fd in a stats
+ * window of BAR0.  It drains its I/O fds before it handles each message,
+ * so the stats read through the socket include every earlier access.
+ */
+#define RS_VENDOR_ID        0x1b36
+#define RS_DEVICE_ID        0x00f1
+#define RS_STATS(k)         (0x800 + (k) * 0x20)
+#define RS_COUNT            0x00
+#define RS_LAST_VALUE       0x08
+#define RS_LAST_SIZE        0x10
+#define RS_LAST_OFFSET      0x14
+#define RS_WRITES           0xc00
+#define RS_IOFDS_REQUESTS   0xc28
+
+typedef struct RawDev {
+    TestServer *server;
+    char *log;          /* the server's event log */
+    char *qemu_err;     /* QEMU's stderr */
+    QTestState *qts;
+    QPCIBus *bus;
+    QPCIDevice *dev;
+    QPCIBar bar0;
+    QPCIBar bar1;
+} RawDev;
+
+static TestServer *raw_server_start(const char *log, const char *const *args)
+{
+    const char *path = g_getenv("VFIO_USER_RAW_SERVER");
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
+
+    g_ptr_array_add(argv, (char *)"--log");
+    g_ptr_array_add(argv, (char *)log);
+    while (args && *args) {
+        g_ptr_array_add(argv, (char *)*args++);
+    }
+    g_ptr_array_add(argv, NULL);
+    return server_start_args(path ? path : "tests/qtest/vfio-user-raw-server",
+                             "vfio-user raw test server", false,
+                             (const char *const *)argv->pdata);
+}
+
+/* The raw server with @args, and a QEMU whose device has @extra */
+static bool raw_dev_start(RawDev *r, const char *extra,
+                          const char *const *args)
+{
+    g_autofree char *dir = g_dir_make_tmp("vfio-user-raw-XXXXXX", NULL);
+
+    memset(r, 0, sizeof(*r));
+    g_assert_nonnull(dir);
+    r->log = g_build_filename(dir, "server.log", NULL);
+    r->qemu_err = g_build_filename(dir, "qemu.err", NULL);
+    r->server = raw_server_start(r->log, args);
+    if (!r->server) {
+        return false;
+    }
+    /* libqtest runs QEMU through sh: its stderr can go to a file */
+    r->qts = qtest_initf("-M pc -nodefaults -device vfio-user-pci,socket=%s,"
+                         "addr=%d%s 2>%s", r->server->sock, TEST_SLOT, extra,
+                         r->qemu_err);
+    r->bus = qpci_new_pc(r->qts, NULL);
+    r->dev = find_device(r->bus);
+    g_assert_cmphex(qpci_config_readw(r->dev, PCI_VENDOR_ID), ==,
+                    RS_VENDOR_ID);
+    g_assert_cmphex(qpci_config_readw(r->dev, PCI_DEVICE_ID), ==,
+                    RS_DEVICE_ID);
+    r->bar0 = qpci_iomap(r->dev, 0, NULL);
+    r->bar1 = qpci_iomap(r->dev, 1, NULL);
+    g_assert_false(r->bar0.is_io);
+    g_assert_true(r->bar1.is_io);
+    return true;
+}
+
+static void raw_dev_stop(RawDev *r)
+{
+    g_autofree char *dir = g_path_get_dirname(r->log);
+
+    if (r->qts) {
+        g_free(r->dev);
+        qpci_free_pc(r->bus);
+        qtest_quit(r->qts);
+    }
+    server_stop(r->server);
+    unlink(r->log);
+    unlink(r->qemu_err);
+    rmdir(dir);
+    g_free(r->log);
+    g_free(r->qemu_err);
+}
+
+static uint64_t raw_stat(RawDev *r, int entry, int field)
+{
+    return qpci_io_readq(r->dev, r->bar0, RS_STATS(entry) + field);
+}
+
+static uint64_t raw_socket_writes(RawDev *r)
+{
+    return qpci_io_readq(r->dev, r->bar0, RS_WRITES);
+}
+
+static char *raw_qemu_stderr(RawDev *r)
+{
+    char *text = NULL;
+
+    g_assert_true(g_file_get_contents(r->qemu_err, &text, NULL, NULL));
+    return text;
+}
+
+/* How many lines of the server's log say @event */
+static int raw_log_count(RawDev *r, const char *event)
+{
+    g_autofree char *log = NULL;
+    g_auto(GStrv) lines = NULL;
+    int i, n = 0;
+
+    g_assert_true(g_file_get_contents(r->log, &log, NULL, NULL));
+    lines = g_strsplit(log, "\n", -1);
+    for (i = 0; lines[i]; i++) {
+        n += !strcmp(lines[i], event);
+    }
+    return n;
+}
+
+static void raw_expect_stderr(RawDev *r, const char *expect)
+{
+    g_autofree char *text = raw_qemu_stderr(r);
+
+    if (!strstr(text, expect)) {
+        g_test_message("QEMU's stderr: %s", text);
+    }
+    g_assert_nonnull(strstr(text, expect));
+}
+
+/*
+ * ioeventfds (40-byte entries): a write of the entry's size (and value,
+ * with datamatch) signals the eventfd and sends no message; any other
+ * access goes through the socket.
+ */
+static void test_raw_ioeventfd(void)
+{
+    static const char *const args[] = {
+        "--iofd", "0,ioeventfd,offset=0x100,size=4",
+        "--iofd", "0,ioeventfd,offset=0x104,size=4,datamatch=0x2a",
+        "--iofd", "0,ioeventfd,offset=0x108,size=0",
+        "--iofd", "1,ioeventfd,offset=0x10,size=2",
+        NULL
+    };
+    uint64_t writes;
+    RawDev r;
+    int i;
+
+    if (!raw_dev_start(&r, "", args)) {
+        return;
+    }
+    writes = raw_socket_writes(&r);
+    for (i = 0; i < 3; i++) {
+        qpci_io_writel(r.dev, r.bar0, 0x100, i);
+    }
+    g_assert_cmpuint(raw_stat(&r, 0, RS_COUNT), ==, 3);
+    g_assert_cmpuint(raw_socket_writes(&r), ==, writes);
+
+    /* Another size, a read: the socket */
+    qpci_io_writew(r.dev, r.bar0, 0x100, 0x1234);
+    g_assert_cmpuint(raw_socket_writes(&r), ==, writes + 1);
+    g_assert_cmphex(qpci_io_readw(r.dev, r.bar0, 0x100), ==, 0x1234);
+    g_assert_cmpuint(raw_stat(&r, 0, RS_COUNT), ==, 3);
+
+    /* Datamatch: only the value signals */
+    qpci_io_writel(r.dev, r.bar0, 0x104, 0x2a);
+    g_assert_cmpuint(raw_stat(&r, 1, RS_COUNT), ==, 1);
+    qpci_io_writel(r.dev, r.bar0, 0x104, 0x2b);
+    g_assert_cmpuint(raw_stat(&r, 1, RS_COUNT), ==, 1);
+    g_assert_cmpuint(raw_socket_writes(&r), ==, writes + 2);
+    g_assert_cmphex(qpci_io_readl(r.dev, r.bar0, 0x104), ==, 0x2b);
+
+    /* Size 0: any access size at that offset */
+    qpci_io_writeb(r.dev, r.bar0, 0x108, 1);
+    qpci_io_writel(r.dev, r.bar0, 0x108, 2);
+    qpci_io_writeq(r.dev, r.bar0, 0x108, 3);
+    g_assert_cmpuint(raw_stat(&r, 2, RS_COUNT), ==, 3);
+
+    /* An I/O port BAR */
+    qpci_io_writew(r.dev, r.bar1, 0x10, 5);
+    qpci_io_writew(r.dev, r.bar1, 0x10, 6);
+    g_assert_cmpuint(raw_stat(&r, 3, RS_COUNT), ==, 2);
+    qpci_io_writel(r.dev, r.bar1, 0x10, 0x01020304);
+    g_assert_cmpuint(raw_stat(&r, 3, RS_COUNT), ==, 2);
+    g_assert_cmphex(qpci_io_readl(r.dev, r.bar1, 0x10), ==, 0x01020304);
+    g_assert_cmpuint(raw_socket_writes(&r), ==, writes + 3);
+    raw_dev_stop(&r);
+}
+
+/*
+ * Shadow ioeventfds (48-byte entries, newer libvfio-user): the value
+ * written lands in the server's shadow memory before the eventfd fires;
+ * the other types work in that layout too.
+ */
+static void test_raw_shadow(void)
+{
+    static const char *const args[] = {
+        "--iofd", "0,shadow,offset=0x100,size=4",
+        "--iofd", "0,shadow,offset=0x110,size=8,datamatch=0x1122334455667788",
+        "--iofd", "0,ioeventfd,offset=0x120,size=4,datamatch=0x55",
+        "--iofd", "0,ioregionfd,offset=0x200,size=0x20",
+        NULL
+    };
+    uint64_t writes;
+    RawDev r;
+
+    if (!raw_dev_start(&r, "", args)) {
+        return;
+    }
+    writes = raw_socket_writes(&r);
+    qpci_io_writel(r.dev, r.bar0, 0x100, 0x12345678);
+    g_assert_cmpuint(raw_stat(&r, 0, RS_COUNT), ==, 1);
+    g_assert_cmphex(raw_stat(&r, 0, RS_LAST_VALUE), ==, 0x12345678);
+    qpci_io_writel(r.dev, r.bar0, 0x100, 0x9abcdef0);
+    g_assert_cmpuint(raw_stat(&r, 0, RS_COUNT), ==, 2);
+    g_assert_cmphex(raw_stat(&r, 0, RS_LAST_VALUE), ==, 0x9abcdef0);
+    /* The server keeps what the doorbell said where a read finds it */
+    g_assert_cmphex(qpci_io_readl(r.dev, r.bar0, 0x100), ==, 0x9abcdef0);
+
+    qpci_io_writeq(r.dev, r.bar0, 0x110, 0x1122334455667788ULL);
+    g_assert_cmpuint(raw_stat(&r, 1, RS_COUNT), ==, 1);
+    g_assert_cmphex(raw_stat(&r, 1, RS_LAST_VALUE), ==,
+                    0x1122334455667788ULL);
+    qpci_io_writeq(r.dev, r.bar0, 0x110, 5);
+    g_assert_cmpuint(raw_stat(&r, 1, RS_COUNT), ==, 1);
+
+    /* datamatch sits at byte 40 of a 48-byte entry */
+    qpci_io_writel(r.dev, r.bar0, 0x120, 0x55);
+    g_assert_cmpuint(raw_stat(&r, 2, RS_COUNT), ==, 1);
+    qpci_io_writel(r.dev, r.bar0, 0x120, 0x56);
+    g_assert_cmpuint(raw_stat(&r, 2, RS_COUNT), ==, 1);
+    g_assert_cmpuint(raw_socket_writes(&r), ==, writes + 2);
+
+    /* and user_data at byte 32 */
+    qpci_io_writel(r.dev, r.bar0, 0x204, 0xabcd);
+    g_assert_cmphex(qpci_io_readl(r.dev, r.bar0, 0x204), ==, 0xabcd);
+    g_assert_cmpuint(raw_stat(&r, 3, RS_COUNT), ==, 2);
+    raw_dev_stop(&r);
+}
+
+/*
+ * ioregionfds: every access inside the sub-region is a command on the
+ * entry's socket; reads wait for the response, writes too unless posted.
+ */
+static void test_raw_ioregionfd(void)
+{
+    static const char *const args[] = {
+        "--iofd", "0,ioregionfd,offset=0x200,size=0x100",
+        "--iofd", "0,ioregionfd,offset=0x300,size=0x10,posted=1",
+        "--iofd", "1,ioregionfd,offset=0x20,size=0x20",
+        "--iofd", "0,ioregionfd,offset=0x3f0,size=6",
+        NULL
+    };
+    uint64_t writes;
+    RawDev r;
+
+    if (!raw_dev_start(&r, "", args)) {
+        return;
+    }
+    writes = raw_socket_writes(&r);
+    qpci_io_writel(r.dev, r.bar0, 0x210, 0xdeadbeef);
+    g_assert_cmpuint(raw_stat(&r, 0, RS_COUNT), ==, 1);
+    g_assert_cmphex(raw_stat(&r, 0, RS_LAST_VALUE), ==, 0xdeadbeef);
+    g_assert_cmpuint(qpci_io_readl(r.dev, r.bar0,
+                                   RS_STATS(0) + RS_LAST_SIZE), ==, 4);
+    g_assert_cmphex(qpci_io_readl(r.dev, r.bar0,
+                                  RS_STATS(0) + RS_LAST_OFFSET), ==, 0x10);
+    g_assert_cmphex(qpci_io_readl(r.dev, r.bar0, 0x210), ==, 0xdeadbeef);
+    g_assert_cmpuint(raw_stat(&r, 0, RS_COUNT), ==, 2);
+
+    qpci_io_writeb(r.dev, r.bar0, 0x220, 0x5a);
+    g_assert_cmphex(qpci_io_readb(r.dev, r.bar0, 0x220), ==, 0x5a);
+    qpci_io_writew(r.dev, r.bar0, 0x222, 0xbeef);
+    g_assert_cmphex(qpci_io_readw(r.dev, r.bar0, 0x222), ==, 0xbeef);
+    qpci_io_writeq(r.dev, r.bar0, 0x228, 0x0102030405060708ULL);
+    g_assert_cmpuint(qpci_io_readl(r.dev, r.bar0,
+                                   RS_STATS(0) + RS_LAST_SIZE), ==, 8);
+    g_assert_cmphex(qpci_io_readq(r.dev, r.bar0, 0x228), ==,
+                    0x0102030405060708ULL);
+    g_assert_cmpuint(raw_stat(&r, 0, RS_COUNT), ==, 8);
+    g_assert_cmpuint(raw_socket_writes(&r), ==, writes);
+
+    /* Not all of it inside the sub-region: the socket */
+    qpci_io_writel(r.dev, r.bar0, 0x3f0, 0x55667788);
+    qpci_io_writel(r.dev, r.bar0, 0x3f4, 0x11223344);
+    g_assert_cmpuint(raw_stat(&r, 3, RS_COUNT), ==, 1);
+    g_assert_cmpuint(raw_socket_writes(&r), ==, writes + 1);
+
+    /* Posted: no response; drained by the server before our next read */
+    qpci_io_writel(r.dev, r.bar0, 0x304, 0x11223344);
+    g_assert_cmpuint(raw_stat(&r, 1, RS_COUNT), ==, 1);
+    g_assert_cmphex(qpci_io_readl(r.dev, r.bar0, 0x304), ==, 0x11223344);
+
+    /* An I/O port BAR */
+    qpci_io_writel(r.dev, r.bar1, 0x24, 0x77);
+    g_assert_cmphex(qpci_io_readl(r.dev, r.bar1, 0x24), ==, 0x77);
+    g_assert_cmpuint(raw_stat(&r, 2, RS_COUNT), ==, 2);
+    g_assert_cmpuint(raw_socket_writes(&r), ==, writes + 1);
+    raw_dev_stop(&r);
+}
+
+/*
+ * Bad entries are refused, each with a message naming it, while the good
+ * ones work; their accesses go through the socket.  Ten entries do not
+ * fit in the room QEMU first offers: the server asks for more.
+ */
+static void test_raw_bad_entries(void)
+{
+    static const char *const args[] = {
+        "--iofd", "0,ioeventfd,offset=0x100,size=4",
+        "--iofd", "0,ioeventfd,offset=0x110,size=3,share=0",
+        "--iofd", "0,ioeventfd,offset=0x120,size=4,share=0,fd_index=9",
+        "--iofd", "0,ioeventfd,offset=0xffe,size=4,share=0",
+        "--iofd", "0,ioeventfd,offset=0x130,size=8,share=0,"
+                  "datamatch=0x100000000",
+        "--iofd", "0,ioeventfd,offset=0x140,size=4,share=0,type=7",
+        "--iofd", "0,ioeventfd,offset=0x150,size=4,share=0,flags=0x10",
+        "--iofd", "0,ioeventfd,offset=0x100,size=4,share=0",
+        "--iofd", "0,ioregionfd,offset=0x160,size=0x10,flags=0x1",
+        "--iofd", "0,ioregionfd,offset=0x200,size=0x10",
+        NULL
+    };
+    static const char *const refused[] = {
+        "entry 1 (ioeventfd at 0x110, size 3) refused: access size 3 is not "
+        "1, 2, 4 or 8",
+        "entry 2 (ioeventfd at 0x120, size 4) refused: fd index 9, but the "
+        "reply carries 3 fds",
+        "entry 3 (ioeventfd at 0xffe, size 4) refused: it lies outside the "
+        "region (0x1000 bytes)",
+        "entry 4 (ioeventfd at 0x130, size 8) refused: datamatch 0x100000000 "
+        "is wider than 32 bits",
+        "entry 5 (entry of unknown type at 0x140, size 4) refused: unknown "
+        "type 7",
+        "entry 6 (ioeventfd at 0x150, size 4) refused: unknown flags 0x10",
+        "entry 7 (ioeventfd at 0x100, size 4) refused: it overlaps the "
+        "ioeventfd at 0x100",
+        "entry 8 (ioregionfd at 0x160, size 16) refused: the PIO flag on a "
+        "memory BAR",
+    };
+    g_autofree char *log = NULL;
+    uint64_t writes;
+    RawDev r;
+    int i;
+
+    if (!raw_dev_start(&r, "", args)) {
+        return;
+    }
+    writes = raw_socket_writes(&r);
+    qpci_io_writel(r.dev, r.bar0, 0x100, 1);
+    g_assert_cmpuint(raw_stat(&r, 0, RS_COUNT), ==, 1);
+    qpci_io_writel(r.dev, r.bar0, 0x204, 2);
+    g_assert_cmpuint(raw_stat(&r, 9, RS_COUNT), ==, 1);
+    g_assert_cmpuint(raw_socket_writes(&r), ==, writes);
+
+    qpci_io_writel(r.dev, r.bar0, 0x120, 3);
+    qpci_io_writeq(r.dev, r.bar0, 0x130, 0x100000000ULL);
+    qpci_io_writel(r.dev, r.bar0, 0x140, 4);
+    qpci_io_writel(r.dev, r.bar0, 0x150, 5);
+    qpci_io_writel(r.dev, r.bar0, 0x160, 6);
+    g_assert_cmpuint(raw_socket_writes(&r), ==, writes + 5);
+    g_assert_cmphex(qpci_io_readl(r.dev, r.bar0, 0x160), ==, 6);
+    for (i = 1; i < 9; i++) {
+        g_assert_cmpuint(raw_stat(&r, i, RS_COUNT), ==, 0);
+    }
+    for (i = 0; i < ARRAY_SIZE(refused); i++) {
+        raw_expect_stderr(&r, refused[i]);
+    }
+    g_assert_true(g_file_get_contents(r.log, &log, NULL, NULL));
+    g_assert_nonnull(strstr(log, "iofds region 0 argsz-too-small need 416"));
+    g_assert_nonnull(strstr(log, "iofds region 0 count 10 nfds 3"));
+    raw_dev_stop(&r);
+}
+
+/* Replies that cannot be interpreted at all refuse the whole BAR */
+static void check_raw_bad_reply(const char *const *args, const char *expect)
+{
+    g_autofree char *text = NULL;
+    uint64_t writes;
+    RawDev r;
+
+    if (!raw_dev_start(&r, "", args)) {
+        return;
+    }
+    writes = raw_socket_writes(&r);
+    qpci_io_writel(r.dev, r.bar0, 0x100, 1);
+    g_assert_cmpuint(raw_stat(&r, 0, RS_COUNT), ==, 0);
+    g_assert_cmpuint(raw_socket_writes(&r), ==, writes + 1);
+    text = raw_qemu_stderr(&r);
+    if (expect) {
+        raw_expect_stderr(&r, expect);
+    } else {
+        g_assert_null(strstr(text, "refused"));
+    }
+    raw_dev_stop(&r);
+}
+
+static void test_raw_bad_layouts(void)
+{
+    static const char *const stride44[] = {
+        "--iofds-stride", "44", "--iofd", "0,ioeventfd,offset=0x100,size=4",
+        NULL
+    };
+    static const char *const shadow40[] = {
+        "--iofds-stride", "40", "--iofd", "0,shadow,offset=0x100,size=4",
+        NULL
+    };
+    static const char *const unsupported[] = {
+        "--iofds-error", "38", "--iofd", "0,ioeventfd,offset=0x100,size=4",
+        NULL
+    };
+    static const char *const mmapped[] = {
+        "--iofd", "0,ioeventfd,offset=0x100,size=4,type=9",
+        "--iofd", "1,ioeventfd,offset=0x10,size=8",
+        "--iofd", "2,ioeventfd,offset=0x1008,size=4",
+        NULL
+    };
+
+    check_raw_bad_reply(stride44, "BAR 0 I/O fds refused: entries of 44 "
+                        "bytes are neither of the known layouts");
+    check_raw_bad_reply(shadow40, "entry 0 (shadow ioeventfd at 0x100, size "
+                        "4) refused: a shadow ioeventfd needs the 48-byte "
+                        "entry layout");
+    /* A server without GET_REGION_IO_FDS is no error */
+    check_raw_bad_reply(unsupported, NULL);
+    check_raw_bad_reply(mmapped, "BAR 2 I/O fd entry 0 (ioeventfd at 0x1008, "
+                        "size 4) refused: it overlaps the mmap()ed area at "
+                        "0x1000");
+    check_raw_bad_reply(mmapped, "BAR 1 I/O fd entry 0 (ioeventfd at 0x10, "
+                        "size 8) refused: access size 8 is not 1, 2 or 4");
+}
+
+/*
+ * BAR writes are posted: with a server that answers writes only once
+ * another request comes, the guest's writes still complete at once (were
+ * QEMU waiting, each would time out); the read that follows gets the
+ * replies in, in order, and sees the last write.
+ */
+static void test_raw_posted_writes(void)
+{
+    static const char *const args[] = { "--hold-write-replies", NULL };
+    g_autofree char *text = NULL;
+    uint64_t writes;
+    RawDev r;
+    int i;
+
+    if (!raw_dev_start(&r, ",x-request-timeout-ms=2000", args)) {
+        return;
+    }
+    writes = raw_socket_writes(&r);
+    for (i = 0; i < 16; i++) {
+        qpci_io_writel(r.dev, r.bar0, 0x40 + i * 4, i + 1);
+    }
+    g_assert_cmphex(qpci_io_readl(r.dev, r.bar0, 0x40 + 15 * 4), ==, 16);
+    g_assert_cmpuint(raw_socket_writes(&r), ==, writes + 16);
+    text = raw_qemu_stderr(&r);
+    g_assert_null(strstr(text, "failed"));
+    raw_dev_stop(&r);
+}
+
+/* A posted write that fails is reported once; a waited-for one each time */
+static void check_failed_writes(bool posted)
+{
+    static const char *const args[] = { "--fail-write", "0x80", NULL };
+    g_autofree char *text = NULL;
+    const char *expect = posted ?
+        "posted REGION_WRITE (id " :
+        "region0+0x80, 0x3,4) failed: Input/output error";
+    RawDev r;
+    int i, n;
+
+    if (!raw_dev_start(&r, posted ? "" : ",x-no-posted-writes=on", args)) {
+        return;
+    }
+    for (i = 1; i <= 3; i++) {
+        qpci_io_writel(r.dev, r.bar0, 0x80, i);
+    }
+    /* Ordered after the writes: their replies are in when it returns */
+    qpci_io_writel(r.dev, r.bar0, 0x84, 4);
+    g_assert_cmphex(qpci_io_readl(r.dev, r.bar0, 0x84), ==, 4);
+    text = raw_qemu_stderr(&r);
+    for (n = 0, i = 0; text[i]; i++) {
+        n += g_str_has_prefix(text + i, "REGION_WRITE (id ") ||
+             g_str_has_prefix(text + i, "region0+0x80,");
+    }
+    raw_expect_stderr(&r, expect);
+    if (posted) {
+        raw_expect_stderr(&r, "failed: Input/output error (error 5); further "
+                          "failures are only traced");
+    }
+    g_assert_cmpint(n, ==, posted ? 1 : 3);
+    raw_dev_stop(&r);
+}
+
+static void test_raw_failed_writes(void)
+{
+    check_failed_writes(true);
+    check_failed_writes(false);
+}
+
+/* How many of @pid's fds are eventfds, or sockets */
+static int count_fds_of_kind(pid_t pid, const char *kind)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/fd", pid);
+    GDir *dir = g_dir_open(path, 0, NULL);
+    const char *name;
+    int n = 0;
+
+    g_assert_nonnull(dir);
+    while ((name = g_dir_read_name(dir))) {
+        g_autofree char *link = g_build_filename(path, name, NULL);
+        g_autofree char *target = g_file_read_link(link, NULL);
+
+        if (target && g_str_has_prefix(target, kind)) {
+            n++;
+        }
+    }
+    g_dir_close(dir);
+    return n;
+}
+
+#define EVENTFD "anon_inode:[eventfd]"
+#define SOCKET  "socket:"
+
+/* Three eventfds and two sockets from the server, for lifecycle tests */
+static const char *const raw_lifecycle_args[] = {
+    "--iofd", "0,ioeventfd,offset=0x100,size=4",
+    "--iofd", "0,shadow,offset=0x108,size=4",
+    "--iofd", "0,ioregionfd,offset=0x200,size=0x10",
+    "--iofd", "0,ioregionfd,offset=0x300,size=0x10,posted=1",
+    "--iofd", "1,ioeventfd,offset=0x10,size=1",
+    NULL
+};
+
+static void raw_hotplug(RawDev *r)
+{
+    qtest_qmp_device_add(r->qts, "vfio-user-pci", "vu0",
+                         "{'addr': '5', 'socket': %s}", r->server->sock);
+    r->dev = find_device(r->bus);
+    r->bar0 = qpci_iomap(r->dev, 0, NULL);
+    r->bar1 = qpci_iomap(r->dev, 1, NULL);
+}
+
+/* Every kind of fd takes its accesses */
+static void raw_ring_all(RawDev *r, uint64_t expect)
+{
+    uint64_t writes = raw_socket_writes(r);
+
+    qpci_io_writel(r->dev, r->bar0, 0x100, 1);
+    qpci_io_writel(r->dev, r->bar0, 0x108, 2);
+    qpci_io_writel(r->dev, r->bar0, 0x200, 3);
+    qpci_io_writel(r->dev, r->bar0, 0x300, 4);
+    qpci_io_writeb(r->dev, r->bar1, 0x10, 5);
+    g_assert_cmpuint(raw_stat(r, 0, RS_COUNT), ==, expect);
+    g_assert_cmpuint(raw_stat(r, 1, RS_COUNT), ==, expect);
+    g_assert_cmpuint(raw_stat(r, 2, RS_COUNT), ==, expect);
+    g_assert_cmpuint(raw_stat(r, 3, RS_COUNT), ==, expect);
+    g_assert_cmpuint(raw_stat(r, 4, RS_COUNT), ==, expect);
+    g_assert_cmpuint(raw_socket_writes(r), ==, writes);
+}
+
+/*
+ * A reset gives back every fd and asks the server again; unplug gives
+ * back every fd for good (the server sees its ioregionfd sockets close).
+ */
+static void test_raw_reset_unplug(void)
+{
+    g_autofree char *dir = g_dir_make_tmp("vfio-user-raw-XXXXXX", NULL);
+    int eventfds, sockets, closed, i;
+    uint64_t requests;
+    RawDev r = { };
+    pid_t pid;
+
+    r.log = g_build_filename(dir, "server.log", NULL);
+    r.qemu_err = g_build_filename(dir, "qemu.err", NULL);
+    r.server = raw_server_start(r.log, raw_lifecycle_args);
+    if (!r.server) {
+        return;
+    }
+    r.qts = qtest_initf("-M pc -nodefaults 2>%s", r.qemu_err);
+    r.bus = qpci_new_pc(r.qts, NULL);
+    pid = qtest_pid(r.qts);
+    eventfds = count_fds_of_kind(pid, EVENTFD);
+    sockets = count_fds_of_kind(pid, SOCKET);
+
+    raw_hotplug(&r);
+    raw_ring_all(&r, 1);
+    requests = qpci_io_readq(r.dev, r.bar0, RS_IOFDS_REQUESTS);
+    /* (at least) our copies of three eventfds and two sockets */
+    g_assert_cmpint(count_fds_of_kind(pid, EVENTFD), >=, eventfds + 3);
+    g_assert_cmpint(count_fds_of_kind(pid, SOCKET), >=, sockets + 3);
+
+    /* Every BAR (three) is asked again; resetting the bus unmapped them */
+    qtest_system_reset(r.qts);
+    qpci_device_enable(r.dev);
+    r.bar0 = qpci_iomap(r.dev, 0, NULL);
+    r.bar1 = qpci_iomap(r.dev, 1, NULL);
+    g_assert_cmpuint(qpci_io_readq(r.dev, r.bar0, RS_IOFDS_REQUESTS), ==,
+                     requests + 3);
+    raw_ring_all(&r, 2);
+    g_free(r.dev);
+    r.dev = NULL;
+
+    /* Each reset closed the sockets fetched before it, and so does unplug */
+    closed = raw_log_count(&r, "eof entry 2");
+    g_assert_cmpint(closed, >=, 1);
+    g_assert_cmpint(raw_log_count(&r, "eof entry 3"), ==, closed);
+    qpci_unplug_acpi_device_test(r.qts, "vu0", TEST_SLOT);
+    g_assert_cmpint(count_fds_of_kind(pid, EVENTFD), ==, eventfds);
+    g_assert_cmpint(count_fds_of_kind(pid, SOCKET), ==, sockets);
+    for (i = 0; i < WAIT_MS / 10 &&
+                raw_log_count(&r, "eof entry 3") == closed; i++) {
+        g_usleep(10 * 1000);
+    }
+    g_assert_cmpint(raw_log_count(&r, "eof entry 2"), ==, closed + 1);
+    g_assert_cmpint(raw_log_count(&r, "eof entry 3"), ==, closed + 1);
+    raw_dev_stop(&r);
+}
+
+/* A server that dies takes its fds with it, while the device stays */
+static void test_raw_server_death(void)
+{
+    int eventfds, sockets, i;
+    RawDev r;
+    pid_t pid;
+
+    if (!raw_dev_start(&r, "", raw_lifecycle_args)) {
+        return;
+    }
+    raw_ring_all(&r, 1);
+    pid = qtest_pid(r.qts);
+    eventfds = count_fds_of_kind(pid, EVENTFD);
+    sockets = count_fds_of_kind(pid, SOCKET);
+
+    kill(r.server->pid, SIGKILL);
+    waitpid(r.server->pid, NULL, 0);
+    g_assert_cmphex(qpci_io_readl(r.dev, r.bar0, 0x200), ==, 0xffffffff);
+    qpci_io_writel(r.dev, r.bar0, 0x108, 1);
+    /* The fds go from a bottom half, once the main loop sees the EOF */
+    for (i = 0; i < WAIT_MS / 10; i++) {
+        if (count_fds_of_kind(pid, EVENTFD) == eventfds - 3 &&
+            count_fds_of_kind(pid, SOCKET) == sockets - 2) {
+            break;
+        }
+        qpci_io_readl(r.dev, r.bar0, 0x100);
+        g_usleep(10 * 1000);
+    }
+    g_assert_cmpint(count_fds_of_kind(pid, EVENTFD), ==, eventfds - 3);
+    g_assert_cmpint(count_fds_of_kind(pid, SOCKET), ==, sockets - 2);
+    raw_expect_stderr(&r, "the device is disconnected");
+    raw_dev_stop(&r);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -1376,6 +2043,19 @@ int main(int argc, char **argv)
     qtest_add_func("/vfio-user/test-server/reset", test_reset);
     qtest_add_func("/vfio-user/test-server/server-death", test_server_death);
     qtest_add_func("/vfio-user/hotplug/no-fd-leak", test_hotplug_no_fd_leak);
+    qtest_add_func("/vfio-user/raw-server/ioeventfd", test_raw_ioeventfd);
+    qtest_add_func("/vfio-user/raw-server/shadow-ioeventfd", test_raw_shadow);
+    qtest_add_func("/vfio-user/raw-server/ioregionfd", test_raw_ioregionfd);
+    qtest_add_func("/vfio-user/raw-server/bad-entries", test_raw_bad_entries);
+    qtest_add_func("/vfio-user/raw-server/bad-layouts", test_raw_bad_layouts);
+    qtest_add_func("/vfio-user/raw-server/reset-unplug",
+                   test_raw_reset_unplug);
+    qtest_add_func("/vfio-user/raw-server/server-death",
+                   test_raw_server_death);
+    qtest_add_func("/vfio-user/raw-server/posted-writes",
+                   test_raw_posted_writes);
+    qtest_add_func("/vfio-user/raw-server/failed-writes",
+                   test_raw_failed_writes);
     qtest_add_func("/vfio-user/error/no-socket", test_error_no_socket);
     qtest_add_func("/vfio-user/error/missing-path", test_error_missing_path);
     qtest_add_func("/vfio-user/error/not-listening",

@@ -8,18 +8,23 @@
 #define HW_VFIO_USER_DEVICE_H
 
 #include "hw/vfio/vfio-common.h"
+#include "hw/vfio-user/iofd.h"
 #include "hw/vfio-user/proxy.h"
 
 /* What the server said of one region */
 typedef struct VFIOUserRegion {
     off_t offset;       /* info->offset: where the region's offsets start */
     int fd;             /* to mmap() the region from, or -1 */
+    VFIOUserIOFDs *iofds;   /* parts reached through fds of their own */
 } VFIOUserRegion;
 
 typedef struct VFIOUserDevice {
     VFIOUserProxy *proxy;
     VFIOUserRegion *regions;
     unsigned int num_regions;
+    bool posted_writes;     /* BAR writes do not wait for their reply */
+    Notifier lost;          /* of the connection */
+    QEMUBH *lost_bh;
 } VFIOUserDevice;
 
 extern const VFIODeviceIOOps vfio_user_device_io_ops;
@@ -27,5 +32,8 @@ extern const VFIODeviceIOOps vfio_user_device_io_ops;
 bool vfio_user_device_attach(VFIODevice *vbasedev, VFIOUserDevice *udev,
                              Error **errp);
 void vfio_user_device_detach(VFIODevice *vbasedev);
+void vfio_user_device_setup_io_fds(VFIODevice *vbasedev, VFIORegion *region,
+                                   bool pio);
+void vfio_user_device_drop_io_fds(VFIODevice *vbasedev);
 
 #endif /* HW_VFIO_USER_DEVICE_H */

@@ -110,6 +110,80 @@ typedef struct VFIOUserRegionInfo {
     uint64_t offset;
 } QEMU_PACKED VFIOUserRegionInfo;
 
+/* VFIO_USER_DEVICE_GET_REGION_IO_FDS: entries follow the payload's header */
+typedef struct VFIOUserRegionIOFDsMsg {
+    VFIOUserHdr hdr;
+    uint32_t argsz;
+    uint32_t flags;
+    uint32_t index;
+    uint32_t count;
+    uint8_t entries[];
+} QEMU_PACKED VFIOUserRegionIOFDsMsg;
+
+#define VFIO_USER_IO_FD_TYPE_IOEVENTFD          0
+#define VFIO_USER_IO_FD_TYPE_IOREGIONFD         1
+#define VFIO_USER_IO_FD_TYPE_IOEVENTFD_SHADOW   2
+
+/* Entry flags of the eventfd types: KVM_IOEVENTFD's */
+#define VFIO_USER_IOEVENTFD_FLAG_DATAMATCH      (1 << 0)
+#define VFIO_USER_IOEVENTFD_FLAG_PIO            (1 << 1)
+/* Entry flags of an ioregionfd: the proposed KVM_SET_IOREGION's */
+#define VFIO_USER_IOREGIONFD_FLAG_PIO           (1 << 0)
+#define VFIO_USER_IOREGIONFD_FLAG_POSTED_WRITES (1 << 1)
+
+/*
+ * The entry layout the specification gives: @data is the ioeventfd's
+ * datamatch or the ioregionfd's user_data.
+ */
+typedef struct VFIOUserIOFDEntry {
+    uint64_t offset;
+    uint64_t size;
+    uint32_t fd_index;
+    uint32_t type;
+    uint32_t flags;
+    uint32_t padding;
+    uint64_t data;
+} QEMU_PACKED VFIOUserIOFDEntry;
+
+/*
+ * The longer layout newer libvfio-user sends for every type once it has
+ * shadow ioeventfds.  Its ioregionfd entries keep user_data at @data's
+ * offset above (here @shadow_offset) and leave the last 8 bytes unused.
+ */
+typedef struct VFIOUserIOFDEntryShadow {
+    uint64_t offset;
+    uint64_t size;
+    uint32_t fd_index;
+    uint32_t type;
+    uint32_t flags;
+    uint32_t shadow_fd_index;
+    uint64_t shadow_offset;
+    uint64_t datamatch;
+} QEMU_PACKED VFIOUserIOFDEntryShadow;
+
+/*
+ * What travels on an ioregionfd (not a vfio-user message: the proposed
+ * KVM ioregionfd wire protocol, see docs/interop/vfio-user-io-fds.rst).
+ */
+#define VFIO_USER_IOREGIONFD_CMD_READ       0
+#define VFIO_USER_IOREGIONFD_CMD_WRITE      1
+#define VFIO_USER_IOREGIONFD_CMD_MASK       0xf
+#define VFIO_USER_IOREGIONFD_SIZE_SHIFT     4   /* log2 of the size */
+#define VFIO_USER_IOREGIONFD_RESP           (1 << 6)
+
+typedef struct VFIOUserIORegionCmd {
+    uint32_t info;
+    uint32_t pad;
+    uint64_t user_data;
+    uint64_t offset;    /* from the start of the entry's sub-region */
+    uint64_t data;
+} QEMU_PACKED VFIOUserIORegionCmd;
+
+typedef struct VFIOUserIORegionResp {
+    uint64_t data;
+    uint8_t pad[24];
+} QEMU_PACKED VFIOUserIORegionResp;
+
 /* VFIO_USER_DEVICE_GET_IRQ_INFO: struct vfio_irq_info */
 typedef struct VFIOUserIRQInfo {
     VFIOUserHdr hdr;

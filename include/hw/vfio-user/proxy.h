@@ -9,6 +9,7 @@
 #define HW_VFIO_USER_PROXY_H
 
 #include "io/channel-socket.h"
+#include "qemu/notify.h"
 #include "qapi/qapi-types-sockets.h"
 #include "hw/vfio-user/protocol.h"
 
@@ -16,6 +17,14 @@
 /* Below what QIOChannelSocket takes in, so that excess fds can be seen */
 #define VFIO_USER_CLIENT_MAX_FDS   8
 #define VFIO_USER_CLIENT_MAX_XFER  VFIO_USER_DEF_MAX_XFER
+
+/*
+ * Requests sent without waiting for their reply (posted) that may be in
+ * flight at once.  Their replies queue up in the socket until read: keep
+ * that well below what a socket buffers, or server and client could both
+ * block in a write.
+ */
+#define VFIO_USER_MAX_POSTED       64
 
 typedef struct VFIOUserProxy VFIOUserProxy;
 
@@ -52,6 +61,14 @@ struct VFIOUserProxy {
 
     VFIOUserRequestHandler *request_handler;
     void *request_opaque;
+
+    /* Posted requests whose reply has not come yet, oldest first */
+    uint16_t posted[VFIO_USER_MAX_POSTED];
+    unsigned int nr_posted;
+    bool posted_error_reported;
+
+    /* Told once the connection is lost */
+    NotifierList lost_notifiers;
 };
 
 VFIOUserProxy *vfio_user_connect(SocketAddress *addr, uint32_t timeout_ms,
@@ -67,5 +84,9 @@ void vfio_user_request_init(VFIOUserHdr *hdr, uint16_t command,
 int vfio_user_request(VFIOUserProxy *proxy, VFIOUserHdr *req,
                       const int *fds, size_t nfds, VFIOUserMsg *reply,
                       Error **errp);
+int vfio_user_request_posted(VFIOUserProxy *proxy, VFIOUserHdr *req,
+                             Error **errp);
+void vfio_user_flush_posted(VFIOUserProxy *proxy);
+void vfio_user_add_lost_notifier(VFIOUserProxy *proxy, Notifier *notifier);
 
 #endif /* HW_VFIO_USER_PROXY_H */
