@@ -350,6 +350,40 @@ static void vfio_user_readable(void *opaque)
     }
 }
 
+/*
+ * Serve what the server sends until at most @limit posted requests await
+ * their reply.  Returns 0 or a negative errno.
+ */
+static int vfio_user_wait_posted(VFIOUserProxy *proxy, unsigned int limit,
+                                 Error **errp)
+{
+    int64_t deadline = qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                       proxy->timeout_ms;
+    Error *err = NULL;
+    int ret = 0;
+
+    while (proxy->connected && proxy->nr_posted > limit) {
+        g_auto(VFIOUserMsg) msg = { };
+
+        ret = vfio_user_recv(proxy, &msg, true, deadline, &err);
+        if (ret == -ETIMEDOUT) {
+            /* As for any request: the server is slow, keep the link */
+            error_propagate_prepend(errp, err, "vfio-user %s: waiting for "
+                                    "posted replies: ", proxy->sockname);
+            return ret;
+        }
+        if (ret == 0) {
+            ret = vfio_user_dispatch(proxy, &msg, &err);
+        }
+        if (ret < 0) {
+            error_prepend(&err, "vfio-user %s: ", proxy->sockname);
+            vfio_user_connection_lost(proxy, err, errp);
+            return ret;
+        }
+    }
+    return ret;
+}
+
 void vfio_user_request_init(VFIOUserHdr *hdr, uint16_t command, uint32_t size)
 {
     *hdr = (VFIOUserHdr) {
@@ -382,6 +416,18 @@ int vfio_user_request(VFIOUserProxy *proxy, VFIOUserHdr *req,
                    "accepts %u", proxy->sockname, name, nfds,
                    proxy->max_send_fds);
         return -E2BIG;
+    }
+
+    /*
+     * Whoever waits for a reply comes after the posted writes, and hears
+     * of their failure first.  It also keeps this request from crossing a
+     * DMA request the server makes while it handles one of them, which
+     * servers built on libvfio-user cannot take (they read the next
+     * message as the reply to theirs).
+     */
+    ret = vfio_user_wait_posted(proxy, 0, errp);
+    if (ret < 0) {
+        return ret;
     }
 
     req->id = proxy->next_id++;
@@ -430,40 +476,6 @@ int vfio_user_request(VFIOUserProxy *proxy, VFIOUserHdr *req,
     error_prepend(&err, "vfio-user %s: %s (id %u) failed: ", proxy->sockname,
                   name, req->id);
     vfio_user_connection_lost(proxy, err, errp);
-    return ret;
-}
-
-/*
- * Serve what the server sends until at most @limit posted requests await
- * their reply.  Returns 0 or a negative errno.
- */
-static int vfio_user_wait_posted(VFIOUserProxy *proxy, unsigned int limit,
-                                 Error **errp)
-{
-    int64_t deadline = qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
-                       proxy->timeout_ms;
-    Error *err = NULL;
-    int ret = 0;
-
-    while (proxy->connected && proxy->nr_posted > limit) {
-        g_auto(VFIOUserMsg) msg = { };
-
-        ret = vfio_user_recv(proxy, &msg, true, deadline, &err);
-        if (ret == -ETIMEDOUT) {
-            /* As for any request: the server is slow, keep the link */
-            error_propagate_prepend(errp, err, "vfio-user %s: waiting for "
-                                    "posted replies: ", proxy->sockname);
-            return ret;
-        }
-        if (ret == 0) {
-            ret = vfio_user_dispatch(proxy, &msg, &err);
-        }
-        if (ret < 0) {
-            error_prepend(&err, "vfio-user %s: ", proxy->sockname);
-            vfio_user_connection_lost(proxy, err, errp);
-            return ret;
-        }
-    }
     return ret;
 }
 

@@ -53,7 +53,7 @@
  *
  * usage: vfio-user-raw-server [--iofd SPEC]... [--iofds-stride N]
  *            [--iofds-error ERRNO] [--fail-write OFFSET]
- *            [--hold-write-replies] [--log FILE] SOCKET_PATH
+ *            [--hold-write-replies N] [--log FILE] SOCKET_PATH
  * Serves one client after another until killed.
  *   --iofd REGION,TYPE[,KEY=VALUE]...  an io fd entry of BAR REGION (0-2);
  *       TYPE ioeventfd (wire type 0), ioregionfd (1) or shadow (2).
@@ -68,9 +68,10 @@
  *       48-byte layout truncated or zero-padded to N.
  *   --iofds-error ERRNO  fail every GET_REGION_IO_FDS with ERRNO.
  *   --fail-write OFFSET  fail REGION_WRITEs to BAR0 at OFFSET with EIO.
- *   --hold-write-replies  answer REGION_WRITEs to BARs only when another
- *       message comes (then first, in order): a client that waits for
- *       them before it sends more would time out.
+ *   --hold-write-replies N  answer REGION_WRITEs to BARs only once N of
+ *       them wait for their reply, or another message comes (then first,
+ *       in order): a client that waits for each before it sends the next
+ *       would time out.
  *   --log FILE  append a line per event: connect, disconnect, reset,
  *       "iofds region R count N nfds F", "iofds region R argsz-too-small
  *       need N", "eof entry K" (the client closed entry K's ioregionfd
@@ -227,7 +228,7 @@ static unsigned iofds_stride;
 static uint32_t iofds_error;
 static bool fail_write;
 static uint64_t fail_write_offset;
-static bool hold_write_replies;
+static unsigned hold_write_replies;
 
 /* Replies to REGION_WRITEs held back by --hold-write-replies */
 #define MAX_HELD_REPLIES    256
@@ -1311,7 +1312,7 @@ static bool dispatch(struct exchange *x)
         if (hold_write_replies && x->command == VU_REGION_WRITE &&
             rd32(x->req + 8) != VFIO_PCI_CONFIG_REGION_INDEX &&
             VU_HDR_SIZE + x->rep_len <= sizeof(held_replies[0]) &&
-            nr_held_replies < MAX_HELD_REPLIES) {
+            nr_held_replies + 1 < hold_write_replies) {
             memcpy(held_replies[nr_held_replies++], rep_buf,
                    VU_HDR_SIZE + x->rep_len);
         } else {
@@ -1470,7 +1471,7 @@ static void usage_error(const char *fmt, ...)
     va_end(ap);
     fputs("\nusage: vfio-user-raw-server [--iofd SPEC]... "
           "[--iofds-stride N] [--iofds-error ERRNO] [--fail-write OFFSET] "
-          "[--hold-write-replies] [--log FILE] SOCKET_PATH\n", stderr);
+          "[--hold-write-replies N] [--log FILE] SOCKET_PATH\n", stderr);
     exit(2);
 }
 
@@ -1657,7 +1658,7 @@ int main(int argc, char **argv)
         { "iofds-stride", required_argument, NULL, 's' },
         { "iofds-error", required_argument, NULL, 'e' },
         { "fail-write", required_argument, NULL, 'f' },
-        { "hold-write-replies", no_argument, NULL, 'h' },
+        { "hold-write-replies", required_argument, NULL, 'h' },
         { "log", required_argument, NULL, 'l' },
         { NULL, 0, NULL, 0 },
     };
@@ -1683,7 +1684,8 @@ int main(int argc, char **argv)
                                              UINT64_MAX);
             break;
         case 'h':
-            hold_write_replies = true;
+            hold_write_replies = parse_number("--hold-write-replies", optarg,
+                                              MAX_HELD_REPLIES);
             break;
         case 'l':
             log_file = fopen(optarg, "a");

@@ -1791,14 +1791,13 @@ static void test_raw_bad_layouts(void)
 }
 
 /*
- * BAR writes are posted: with a server that answers writes only once
- * another request comes, the guest's writes still complete at once (were
- * QEMU waiting, each would time out); the read that follows gets the
- * replies in, in order, and sees the last write.
+ * BAR writes are posted: with a server that answers writes only once 16
+ * of them wait, the guest's 16 writes complete at once (were QEMU
+ * waiting, each would time out); the read that follows sees the last.
  */
 static void test_raw_posted_writes(void)
 {
-    static const char *const args[] = { "--hold-write-replies", NULL };
+    static const char *const args[] = { "--hold-write-replies", "16", NULL };
     g_autofree char *text = NULL;
     uint64_t writes;
     RawDev r;
