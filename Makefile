@@ -3,6 +3,7 @@
 #   make          install build deps, fetch QEMU, apply the series, build
 #   make check    run the tests, then verify the exported series
 #   make series   export the series as git format-patch files (out/series)
+#   make bench    measure vfio-user-pci beside in-process devices (out/bench)
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
 
@@ -85,7 +86,9 @@ qemu: tree configure
 # The Linux test guest: Debian's kernel and busybox in an initramfs;
 # and a bare-metal multiboot guest that runs under KVM here
 MSIX_GUEST_SRC := $(wildcard harness/guest/msix-guest/*)
-guest: $(STAMPS)/deps $(GUEST)/msix-guest.elf $(GUEST)/msi-guest.elf
+BENCH_GUEST_SRC := $(wildcard harness/guest/bench-guest/*)
+guest: $(STAMPS)/deps $(GUEST)/msix-guest.elf $(GUEST)/msi-guest.elf \
+		$(GUEST)/bench-guest.elf
 	harness/build-guest.sh $(REPO) $(GUEST)
 
 # The same program, driving MSI-X or (-DGUEST_USE_MSI) MSI
@@ -99,6 +102,15 @@ $(GUEST)/msix-guest.elf $(GUEST)/msi-guest.elf: $(MSIX_GUEST_SRC)
 		-Wl,-T,harness/guest/msix-guest/link.ld $(GUEST_CFLAGS) -o $@ \
 		harness/guest/msix-guest/entry.S harness/guest/msix-guest/main.c
 
+# Times and checks register accesses (harness/bench, harness/kvm-iofds.sh)
+$(GUEST)/bench-guest.elf: $(BENCH_GUEST_SRC)
+	@mkdir -p $(GUEST)
+	gcc -m32 -march=i686 -ffreestanding -fno-pic -fno-pie \
+		-fno-stack-protector -nostdlib -static -O2 -Wall -Werror \
+		-Wl,--build-id=none -Wl,--no-warn-rwx-segments \
+		-Wl,-T,harness/guest/bench-guest/link.ld -o $@ \
+		harness/guest/bench-guest/entry.S harness/guest/bench-guest/main.c
+
 check: qemu guest
 	harness/run-tests.sh $(QEMU_BUILD) $(REPO)/out/test-results \
 		"e2e: Linux guest, NVMe via x-vfio-user-server, MSI-X" \
@@ -109,12 +121,21 @@ check: qemu guest
 		"$(REPO)/harness/kvm-msix.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-test-server $(GUEST)/msix-guest.elf $(REPO)/out/kvm-msix msix" \
 		"kvm: bare-metal guest, MSI through KVM irqfd" \
 		"$(REPO)/harness/kvm-msix.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-test-server $(GUEST)/msi-guest.elf $(REPO)/out/kvm-msi msi" \
+		"tcg: bare-metal guest, every kind of I/O fd takes its accesses" \
+		"$(REPO)/harness/kvm-iofds.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/tcg-iofds tcg" \
+		"kvm: bare-metal guest, ioeventfd doorbells signalled by KVM" \
+		"$(REPO)/harness/kvm-iofds.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/kvm-iofds kvm" \
 		"series: export, git am, checkpatch" \
 		"$(MAKE) -C $(REPO) --no-print-directory check-series"
 
 # Show a new user the whole thing working
 demo: qemu guest
 	harness/demo.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/demo
+
+# Side by side timings on this machine: a tool, not a test (not in CI)
+bench: qemu guest
+	harness/bench/run.sh $(QEMU_BIN) $(GUEST) \
+		$(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(REPO)/out/bench
 
 series:
 	harness/export-series.sh $(REPO) $(PRISTINE) $(SERIES_OUT)
