@@ -527,6 +527,7 @@ static int vfio_user_region_write(VFIODevice *vbasedev, uint8_t index,
 static void vfio_user_fetch_io_fds(VFIODevice *vbasedev, unsigned int index)
 {
     VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    VFIOUserIOFDs *iofds = udev->regions[index].iofds;
     uint32_t argsz = VFIO_USER_IO_FDS_FIRST_ARGSZ;
     int attempt;
 
@@ -545,7 +546,7 @@ static void vfio_user_fetch_io_fds(VFIODevice *vbasedev, unsigned int index)
             trace_vfio_user_iofds_none(vbasedev->name, index,
                                        error_get_pretty(err));
             error_free(err);
-            return;
+            break;
         }
         if (!vfio_user_payload(&reply, sizeof(msg) - sizeof(msg.hdr), NULL,
                                &err)) {
@@ -558,8 +559,8 @@ static void vfio_user_fetch_io_fds(VFIODevice *vbasedev, unsigned int index)
             goto refuse;
         }
         if (rmsg->argsz <= argsz || !rmsg->count) {
-            vfio_user_iofds_install(udev->regions[index].iofds, &reply);
-            return;
+            vfio_user_iofds_install(iofds, &reply);
+            break;
         }
         /* Too little room: the server said how much, and sent nothing */
         if (rmsg->argsz > VFIO_USER_IO_FDS_MAX_ARGSZ) {
@@ -568,19 +569,21 @@ static void vfio_user_fetch_io_fds(VFIODevice *vbasedev, unsigned int index)
                        VFIO_USER_IO_FDS_MAX_ARGSZ);
             goto refuse;
         }
+        if (attempt) {
+            error_setg(&err, "the server asks for more room than it said "
+                       "it needs (argsz %u)", argsz);
+            goto refuse;
+        }
         argsz = rmsg->argsz;
         continue;
 
 refuse:
-        error_report("%s: BAR %u I/O fds refused: %s; its accesses go "
-                     "through the socket", vbasedev->name, index,
-                     error_get_pretty(err));
+        vfio_user_iofds_report(iofds, "I/O fds refused: %s",
+                               error_get_pretty(err));
         error_free(err);
-        return;
+        break;
     }
-    error_report("%s: BAR %u I/O fds refused: the server asks for more room "
-                 "than it said it needs (argsz %u); its accesses go through "
-                 "the socket", vbasedev->name, index, argsz);
+    iofds->reported = true;
 }
 
 void vfio_user_device_setup_io_fds(VFIODevice *vbasedev, VFIORegion *region,
@@ -591,7 +594,8 @@ void vfio_user_device_setup_io_fds(VFIODevice *vbasedev, VFIORegion *region,
 
     if (!uregion->iofds) {
         uregion->iofds = vfio_user_iofds_new(vbasedev->name, region, pio,
-                                             udev->proxy->timeout_ms);
+                                             udev->proxy->timeout_ms,
+                                             &udev->io_fds_budget);
     }
     if (!vfio_user_dev_gone(udev)) {
         vfio_user_fetch_io_fds(vbasedev, region->nr);
@@ -713,7 +717,9 @@ bool vfio_user_device_attach(VFIODevice *vbasedev, VFIOUserDevice *udev,
     for (i = 0; i < udev->num_regions; i++) {
         udev->regions[i].fd = -1;
     }
-    udev->lost_bh = qemu_bh_new(vfio_user_lost_bh, udev);
+    udev->io_fds_budget = VFIO_USER_MAX_IO_FDS;
+    udev->lost_bh = qemu_bh_new_guarded(vfio_user_lost_bh, udev,
+                                        &vbasedev->dev->mem_reentrancy_guard);
     udev->lost.notify = vfio_user_lost;
     vfio_user_add_lost_notifier(udev->proxy, &udev->lost);
     vbasedev->io_ops = &vfio_user_device_io_ops;

@@ -8,7 +8,9 @@
  *   core signals it before the region's write handler would run.
  * - shadow ioeventfd (newer libvfio-user): no kernel implements it, so the
  *   write is intercepted here: the value goes into the shadow memory the
- *   server passed, then the eventfd is signalled.
+ *   server passed (with pwrite(), not through a mapping: a server that
+ *   shrinks the file must not turn the guest's write into a SIGBUS), then
+ *   the eventfd is signalled.
  * - ioregionfd: the proposed KVM ioregionfd never reached Linux; QEMU
  *   speaks its wire protocol on the server's socket for the sub-region.
  *
@@ -21,8 +23,8 @@
  */
 
 #include "qemu/osdep.h"
+#include <glib-unix.h>
 #include <poll.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 
 #include "exec/memory.h"
@@ -32,6 +34,7 @@
 #include "qemu/error-report.h"
 #include "qemu/event_notifier.h"
 #include "qemu/host-utils.h"
+#include "qemu/memfd.h"
 #include "qemu/timer.h"
 #include "trace.h"
 
@@ -57,9 +60,8 @@ struct VFIOUserIOFD {
     bool registered;            /* with the MemoryRegion */
     EventNotifier notifier;     /* the eventfd types */
     int fd;                     /* an ioregionfd's socket, or -1 */
-    void *shadow_map;
-    size_t shadow_map_len;
-    uint8_t *shadow;            /* where a shadow ioeventfd's value goes */
+    int shadow_fd;              /* a shadow ioeventfd's memory, or -1 */
+    uint64_t shadow_offset;     /* where in it the value goes */
 };
 
 static const char *vfio_user_iofd_type_name(uint32_t type)
@@ -252,39 +254,33 @@ static bool vfio_user_fd_is_eventfd(int fd)
     return len == sizeof(eventfd) - 1 && !memcmp(target, eventfd, len);
 }
 
-/* Map the bytes of the shadow file a shadow ioeventfd's value goes to */
-static bool vfio_user_iofd_map_shadow(VFIOUserIOFD *e, int fd,
-                                      uint64_t shadow_offset, Error **errp)
+/* Take the memory a shadow ioeventfd's value goes to */
+static bool vfio_user_iofd_take_shadow(VFIOUserIOFD *e, int fd,
+                                       uint64_t shadow_offset, Error **errp)
 {
-    uint64_t page = qemu_real_host_page_size();
-    uint64_t start = QEMU_ALIGN_DOWN(shadow_offset, page);
     struct stat st;
-    void *map;
 
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+    /*
+     * Memory (memfd, tmpfs), the only kind to have seals: a write to it
+     * cannot block the vCPU the way one to a network file could.
+     */
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+        fcntl(fd, F_GET_SEALS) < 0) {
         error_setg(errp, "its shadow fd is not a memory file");
         return false;
     }
-    /*
-     * A file shorter than what is mapped would turn the guest's write into
-     * a SIGBUS.  (A server that shrinks it later still can: part of what a
-     * shadow ioeventfd trusts the server with.)
-     */
     if (shadow_offset > st.st_size || e->size > st.st_size - shadow_offset) {
         error_setg(errp, "shadow offset 0x%" PRIx64 " lies outside its "
                    "shadow file (0x%" PRIx64 " bytes)", shadow_offset,
                    (uint64_t)st.st_size);
         return false;
     }
-    e->shadow_map_len = ROUND_UP(shadow_offset + e->size - start, page);
-    map = mmap(NULL, e->shadow_map_len, PROT_READ | PROT_WRITE, MAP_SHARED,
-               fd, start);
-    if (map == MAP_FAILED) {
-        error_setg_errno(errp, errno, "cannot map its shadow memory");
+    e->shadow_fd = qemu_dup_flags(fd, O_CLOEXEC);
+    if (e->shadow_fd < 0) {
+        error_setg_errno(errp, errno, "cannot take its shadow fd");
         return false;
     }
-    e->shadow_map = map;
-    e->shadow = (uint8_t *)map + (shadow_offset - start);
+    e->shadow_offset = shadow_offset;
     return true;
 }
 
@@ -315,8 +311,8 @@ static bool vfio_user_iofd_open(VFIOUserIOFD *e, const VFIOUserIOFDDesc *d,
         return false;
     }
     if (d->type == VFIO_USER_IO_FD_TYPE_IOEVENTFD_SHADOW &&
-        !vfio_user_iofd_map_shadow(e, fds[d->shadow_fd_index],
-                                   d->shadow_offset, errp)) {
+        !vfio_user_iofd_take_shadow(e, fds[d->shadow_fd_index],
+                                    d->shadow_offset, errp)) {
         return false;
     }
     fd = qemu_dup_flags(fd, O_CLOEXEC);
@@ -324,31 +320,49 @@ static bool vfio_user_iofd_open(VFIOUserIOFD *e, const VFIOUserIOFDDesc *d,
         error_setg_errno(errp, errno, "cannot take its fd");
         return false;
     }
+    /*
+     * Fds arrive blocking (QIOChannelSocket makes them so), and a write to
+     * an eventfd whose count the server drove to the top would block the
+     * vCPU for good.  The flag is the server's too, which it can take.
+     */
+    if (!g_unix_set_fd_nonblocking(fd, TRUE, NULL)) {
+        close(fd);
+        error_setg(errp, "cannot make its eventfd non-blocking");
+        return false;
+    }
     event_notifier_init_fd(&e->notifier, fd);
     return true;
 }
 
-static void vfio_user_iofd_close(VFIOUserIOFDs *iofds, VFIOUserIOFD *e)
+/*
+ * Take an entry out of its MemoryRegion.  KVM unregisters the eventfd when
+ * the memory transaction is committed: its fd must still be open then.
+ */
+static void vfio_user_iofd_unregister(VFIOUserIOFDs *iofds, VFIOUserIOFD *e)
 {
     if (e->registered) {
         memory_region_del_eventfd(iofds->region->mem, e->offset, e->size,
                                   e->datamatch, e->data, &e->notifier);
         e->registered = false;
     }
+}
+
+static void vfio_user_iofd_release(VFIOUserIOFD *e)
+{
     event_notifier_cleanup(&e->notifier);
     if (e->fd >= 0) {
         close(e->fd);
         e->fd = -1;
     }
-    if (e->shadow_map) {
-        munmap(e->shadow_map, e->shadow_map_len);
-        e->shadow_map = NULL;
-        e->shadow = NULL;
+    if (e->shadow_fd >= 0) {
+        close(e->shadow_fd);
+        e->shadow_fd = -1;
     }
 }
 
 VFIOUserIOFDs *vfio_user_iofds_new(const char *name, VFIORegion *region,
-                                   bool pio, uint32_t timeout_ms)
+                                   bool pio, uint32_t timeout_ms,
+                                   unsigned int *budget)
 {
     VFIOUserIOFDs *iofds = g_new0(VFIOUserIOFDs, 1);
 
@@ -356,7 +370,29 @@ VFIOUserIOFDs *vfio_user_iofds_new(const char *name, VFIORegion *region,
     iofds->region = region;
     iofds->pio = pio;
     iofds->timeout_ms = timeout_ms;
+    iofds->budget = budget;
     return iofds;
+}
+
+/*
+ * Say why (part of) what the server offered for this region is not used:
+ * an error the first time; a guest that resets the device over and over
+ * must not flood the log with it.
+ */
+void vfio_user_iofds_report(VFIOUserIOFDs *iofds, const char *fmt, ...)
+{
+    g_autofree char *msg = NULL;
+    va_list ap;
+
+    va_start(ap, fmt);
+    msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    if (iofds->reported) {
+        trace_vfio_user_iofds_refused(iofds->name, iofds->region->nr, msg);
+    } else {
+        error_report("%s: BAR %u %s; its accesses go through the socket",
+                     iofds->name, iofds->region->nr, msg);
+    }
 }
 
 /* The entry array of a reply, if it can be interpreted at all */
@@ -412,9 +448,8 @@ void vfio_user_iofds_install(VFIOUserIOFDs *iofds, VFIOUserMsg *reply)
     }
     entries = vfio_user_iofds_entries(iofds, reply, &count, &stride, &err);
     if (!entries) {
-        error_report("%s: BAR %u I/O fds refused: %s; its accesses go "
-                     "through the socket", iofds->name, bar,
-                     error_get_pretty(err));
+        vfio_user_iofds_report(iofds, "I/O fds refused: %s",
+                               error_get_pretty(err));
         error_free(err);
         return;
     }
@@ -438,6 +473,11 @@ void vfio_user_iofds_install(VFIOUserIOFDs *iofds, VFIOUserMsg *reply)
                 goto refuse;
             }
         }
+        if (!*iofds->budget) {
+            error_setg(&err, "the device has %u I/O fds already",
+                       VFIO_USER_MAX_IO_FDS);
+            goto refuse;
+        }
         *e = (VFIOUserIOFD) {
             .type = d.type,
             .offset = d.offset,
@@ -448,20 +488,21 @@ void vfio_user_iofds_install(VFIOUserIOFDs *iofds, VFIOUserMsg *reply)
             .posted = d.type == VFIO_USER_IO_FD_TYPE_IOREGIONFD &&
                       (d.flags & VFIO_USER_IOREGIONFD_FLAG_POSTED_WRITES),
             .fd = -1,
+            .shadow_fd = -1,
         };
         if (!vfio_user_iofd_open(e, &d, reply->fds, &err)) {
-            vfio_user_iofd_close(iofds, e);
+            vfio_user_iofd_release(e);
             goto refuse;
         }
         iofds->nr++;
+        (*iofds->budget)--;
         continue;
 
 refuse:
-        error_report("%s: BAR %u I/O fd entry %u (%s at 0x%" PRIx64
-                     ", size %" PRIu64 ") refused: %s; its accesses go "
-                     "through the socket", iofds->name, bar, i,
-                     vfio_user_iofd_type_name(d.type), d.offset, d.size,
-                     error_get_pretty(err));
+        vfio_user_iofds_report(iofds, "I/O fd entry %u (%s at 0x%" PRIx64
+                               ", size %" PRIu64 ") refused: %s", i,
+                               vfio_user_iofd_type_name(d.type), d.offset,
+                               d.size, error_get_pretty(err));
         error_free(err);
         err = NULL;
     }
@@ -496,9 +537,13 @@ void vfio_user_iofds_clear(VFIOUserIOFDs *iofds)
     trace_vfio_user_iofds_clear(iofds->name, iofds->region->nr, iofds->nr);
     memory_region_transaction_begin();
     for (i = 0; i < iofds->nr; i++) {
-        vfio_user_iofd_close(iofds, &iofds->entries[i]);
+        vfio_user_iofd_unregister(iofds, &iofds->entries[i]);
     }
     memory_region_transaction_commit();
+    for (i = 0; i < iofds->nr; i++) {
+        vfio_user_iofd_release(&iofds->entries[i]);
+    }
+    *iofds->budget += iofds->nr;
     g_free(iofds->entries);
     iofds->entries = NULL;
     iofds->nr = 0;
@@ -662,12 +707,16 @@ bool vfio_user_iofds_write(VFIOUserIOFDs *iofds, VFIOUserProxy *proxy,
                                            size, (void *)data);
         return true;
     }
-    if (e->shadow) {
+    if (e->shadow_fd >= 0) {
         trace_vfio_user_iofd_shadow(iofds->name, iofds->region->nr, offset,
                                     ldn_le_p(data, size));
-        memcpy(e->shadow, data, size);
-        /* The server reads the value once the eventfd wakes it */
-        smp_wmb();
+        /* In memory before the eventfd wakes the server to read it */
+        if (pwrite(e->shadow_fd, data, size, e->shadow_offset) != size) {
+            error_report_once("%s: BAR %u shadow ioeventfd at 0x%" PRIx64
+                              ": cannot store the value written: %s",
+                              iofds->name, iofds->region->nr, e->offset,
+                              strerror(errno));
+        }
     }
     event_notifier_set(&e->notifier);
     *ret = size;

@@ -367,7 +367,14 @@ static int vfio_user_wait_posted(VFIOUserProxy *proxy, unsigned int limit,
 
         ret = vfio_user_recv(proxy, &msg, true, deadline, &err);
         if (ret == -ETIMEDOUT) {
-            /* As for any request: the server is slow, keep the link */
+            /*
+             * As for any request: the server is slow, keep the link.  But
+             * stop waiting for these replies, or every later request
+             * would wait out the timeout first; they are stale when they
+             * come.
+             */
+            trace_vfio_user_posted_timeout(proxy->sockname, proxy->nr_posted);
+            proxy->nr_posted = 0;
             error_propagate_prepend(errp, err, "vfio-user %s: waiting for "
                                     "posted replies: ", proxy->sockname);
             return ret;

@@ -23,6 +23,7 @@ typedef struct VFIOUserDevice {
     VFIOUserRegion *regions;
     unsigned int num_regions;
     bool posted_writes;     /* BAR writes do not wait for their reply */
+    unsigned int io_fds_budget; /* I/O fds the regions may still take */
     Notifier lost;          /* of the connection */
     QEMUBH *lost_bh;
 } VFIOUserDevice;

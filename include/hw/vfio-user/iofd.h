@@ -11,7 +11,11 @@
 #include "hw/vfio/vfio-common.h"
 #include "hw/vfio-user/proxy.h"
 
-/* At most this many entries per region: each may become a KVM ioeventfd */
+/*
+ * At most this many entries per device: each may become a KVM ioeventfd,
+ * of which KVM takes 1000 per bus, for all devices (and refusing one
+ * makes QEMU abort).
+ */
 #define VFIO_USER_MAX_IO_FDS    64
 
 typedef struct VFIOUserIOFD VFIOUserIOFD;
@@ -22,14 +26,20 @@ typedef struct VFIOUserIOFDs {
     VFIORegion *region;
     bool pio;                   /* an I/O port BAR */
     uint32_t timeout_ms;        /* for an ioregionfd's response */
+    unsigned int *budget;       /* entries the device may still take */
     VFIOUserIOFD *entries;
     unsigned int nr;
     /* Some entries need vfio_user_iofds_write() or _read() to see accesses */
     bool intercept;
+    /* What the server sends was reported once; after a reset it is traced */
+    bool reported;
 } VFIOUserIOFDs;
 
 VFIOUserIOFDs *vfio_user_iofds_new(const char *name, VFIORegion *region,
-                                   bool pio, uint32_t timeout_ms);
+                                   bool pio, uint32_t timeout_ms,
+                                   unsigned int *budget);
+void G_GNUC_PRINTF(2, 3) vfio_user_iofds_report(VFIOUserIOFDs *iofds,
+                                                const char *fmt, ...);
 
 /*
  * Take the entries of a GET_REGION_IO_FDS reply in place of the ones
