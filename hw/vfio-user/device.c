@@ -22,6 +22,12 @@
 /* Room enough for any region's capabilities */
 #define VFIO_USER_MAX_REGION_INFO   (64 * KiB)
 
+/* hw/vfio mmap()s each; servers use a few */
+#define VFIO_USER_MAX_SPARSE_AREAS  256
+
+/* What a PCI expansion ROM BAR can decode */
+#define VFIO_USER_MAX_ROM_SIZE      (16 * MiB)
+
 /*
  * GET_REGION_IO_FDS: first ask with room for a few entries of the longest
  * layout; a server that needs more says so, and gets one more try within
@@ -39,6 +45,16 @@ static VFIOUserDevice *vfio_user_dev(VFIODevice *vbasedev)
     return vbasedev->io_opaque;
 }
 
+/* The device an operation starts on: why the last one failed is old news */
+static VFIOUserDevice *vfio_user_op_dev(VFIODevice *vbasedev)
+{
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+
+    error_free(udev->last_error);
+    udev->last_error = NULL;
+    return udev;
+}
+
 /*
  * Once the server is gone, the device behaves like a PCI device that was
  * surprise-removed: reads return all ones, everything else does nothing.
@@ -50,12 +66,37 @@ static bool vfio_user_dev_gone(VFIOUserDevice *udev)
     return !udev->proxy->connected;
 }
 
-/* Log why an operation failed; hw/vfio's callers only see the errno */
+/*
+ * hw/vfio's callers only see the errno: trace why the operation failed,
+ * and keep it for realize to tell (vfio_user_device_add_cause()).
+ */
 static int vfio_user_io_failed(VFIODevice *vbasedev, int ret, Error *err)
 {
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+
     trace_vfio_user_io_failed(vbasedev->name, error_get_pretty(err));
-    error_free(err);
+    error_free(udev->last_error);
+    udev->last_error = err;
     return ret;
+}
+
+/*
+ * hw/vfio made its own message of the last operation's errno: add why the
+ * operation failed, if it did.
+ */
+void vfio_user_device_add_cause(VFIOUserDevice *udev, Error **errp)
+{
+    Error *cause = udev->last_error;
+    Error *err = NULL;
+
+    udev->last_error = NULL;
+    if (cause && *errp) {
+        error_setg(&err, "%s (%s)", error_get_pretty(*errp),
+                   error_get_pretty(cause));
+        error_free(*errp);
+        *errp = err;
+    }
+    error_free(cause);
 }
 
 /* The payload of a reply, which must hold at least @min bytes */
@@ -73,6 +114,34 @@ static void *vfio_user_payload(VFIOUserMsg *reply, size_t min, size_t *len,
         *len = payload;
     }
     return reply->hdr + 1;
+}
+
+/* Sparse area @i lies inside the region and overlaps no earlier one */
+static bool vfio_user_check_sparse_area(struct vfio_region_info *info,
+                              struct vfio_region_info_cap_sparse_mmap *sparse,
+                              uint32_t i, Error **errp)
+{
+    struct vfio_region_sparse_mmap_area *area = &sparse->areas[i];
+    uint32_t j;
+
+    if (area->offset > info->size || area->size > info->size - area->offset) {
+        error_setg(errp, "region %u sparse mmap area %u (0x%llx+0x%llx) "
+                   "lies outside the region", info->index, i, area->offset,
+                   area->size);
+        return false;
+    }
+    for (j = 0; j < i; j++) {
+        struct vfio_region_sparse_mmap_area *other = &sparse->areas[j];
+
+        if (area->size && other->size &&
+            area->offset < other->offset + other->size &&
+            other->offset < area->offset + area->size) {
+            error_setg(errp, "region %u sparse mmap areas %u and %u "
+                       "overlap", info->index, j, i);
+            return false;
+        }
+    }
+    return true;
 }
 
 /*
@@ -107,12 +176,14 @@ static bool vfio_user_check_region_caps(struct vfio_region_info *info,
                            "bounds", info->index);
                 return false;
             }
+            if (sparse->nr_areas > VFIO_USER_MAX_SPARSE_AREAS) {
+                error_setg(errp, "region %u has %u sparse mmap areas, more "
+                           "than the %u accepted", info->index,
+                           sparse->nr_areas, VFIO_USER_MAX_SPARSE_AREAS);
+                return false;
+            }
             for (i = 0; i < sparse->nr_areas; i++) {
-                if (sparse->areas[i].offset > info->size ||
-                    sparse->areas[i].size >
-                    info->size - sparse->areas[i].offset) {
-                    error_setg(errp, "region %u sparse mmap area %u lies "
-                               "outside the region", info->index, i);
+                if (!vfio_user_check_sparse_area(info, sparse, i, errp)) {
                     return false;
                 }
             }
@@ -148,10 +219,82 @@ static bool vfio_user_same_file(const int *fds, size_t nfds)
     return true;
 }
 
+/*
+ * Where the areas hw/vfio will mmap() from the region's fd end in it;
+ * false if past 2^64.  The areas were checked to lie inside the region.
+ */
+static bool vfio_user_mmap_end(struct vfio_region_info *info, uint64_t *end)
+{
+    struct vfio_info_cap_header *hdr;
+    struct vfio_region_info_cap_sparse_mmap *sparse;
+    uint64_t last = 0;
+    uint32_t i;
+
+    hdr = vfio_get_region_info_cap(info, VFIO_REGION_INFO_CAP_SPARSE_MMAP);
+    if (!hdr) {
+        last = info->size;
+    } else {
+        sparse = container_of(hdr, struct vfio_region_info_cap_sparse_mmap,
+                              header);
+        for (i = 0; i < sparse->nr_areas; i++) {
+            last = MAX(last, sparse->areas[i].offset + sparse->areas[i].size);
+        }
+    }
+    return !uadd64_overflow(info->offset, last, end);
+}
+
+/*
+ * hw/vfio maps a region's fd into the guest.  Once mapped, a file the
+ * server shrinks makes the guest's next access to it SIGBUS QEMU: map
+ * only memory files sealed against shrinking (F_SEAL_SHRINK) that cover
+ * every mapped area, unless the user trusts the server's files.
+ */
+static bool vfio_user_check_mmap_fd(VFIOUserDevice *udev, int fd,
+                                    struct vfio_region_info *info,
+                                    Error **errp)
+{
+    struct stat st;
+    uint64_t end;
+    int seals;
+
+    if (!vfio_user_mmap_end(info, &end)) {
+        error_setg(errp, "its offset 0x%llx puts the mapped areas past the "
+                   "end of any file", info->offset);
+        return false;
+    }
+    if (fstat(fd, &st) < 0) {
+        error_setg_errno(errp, errno, "cannot stat its fd");
+        return false;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        error_setg(errp, "its fd is not a file (mode 0%o)", st.st_mode);
+        return false;
+    }
+    if (!udev->mmap_unsealed) {
+        seals = fcntl(fd, F_GET_SEALS);
+        if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
+            error_setg(errp, "its file is not sealed against shrinking "
+                       "(F_SEAL_SHRINK)");
+            return false;
+        }
+        /* Sealed: the size we see now is there to stay */
+        if (fstat(fd, &st) < 0) {
+            error_setg_errno(errp, errno, "cannot stat its fd");
+            return false;
+        }
+    }
+    if (st.st_size < end) {
+        error_setg(errp, "its file has 0x%" PRIx64 " bytes, not the "
+                   "0x%" PRIx64 " mapped", (uint64_t)st.st_size, end);
+        return false;
+    }
+    return true;
+}
+
 static int vfio_user_get_region_info(VFIODevice *vbasedev,
                                      struct vfio_region_info *info)
 {
-    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    VFIOUserDevice *udev = vfio_user_op_dev(vbasedev);
     VFIOUserRegionInfo msg = { };
     g_auto(VFIOUserMsg) reply = { };
     struct vfio_region_info *rinfo;
@@ -198,14 +341,14 @@ static int vfio_user_get_region_info(VFIODevice *vbasedev,
         memcpy(info, rinfo, sizeof(*info));
         info->argsz = rinfo->argsz;
         info->flags &= ~VFIO_REGION_INFO_FLAG_CAPS;
-    } else {
-        len = MIN(len, rinfo->argsz);
-        if (!vfio_user_check_region_caps(rinfo, len, &err)) {
-            return vfio_user_io_failed(vbasedev, -EPROTO, err);
-        }
-        memset(info, 0, info->argsz);
-        memcpy(info, rinfo, len);
+        return 0;
     }
+    len = MIN(len, rinfo->argsz);
+    if (!vfio_user_check_region_caps(rinfo, len, &err)) {
+        return vfio_user_io_failed(vbasedev, -EPROTO, err);
+    }
+    memset(info, 0, info->argsz);
+    memcpy(info, rinfo, len);
 
     /*
      * PCI BARs are powers of two, and hw/pci asserts that they are; a
@@ -227,16 +370,34 @@ static int vfio_user_get_region_info(VFIODevice *vbasedev,
         info->size = pow2ceil(info->size);
     }
 
+    /* hw/vfio reads a ROM whole into memory */
+    if (info->index == VFIO_PCI_ROM_REGION_INDEX &&
+        info->size > VFIO_USER_MAX_ROM_SIZE) {
+        error_setg(&err, "ROM region is 0x%llx bytes, more than the 16 MiB "
+                   "of a PCI expansion ROM", info->size);
+        return vfio_user_io_failed(vbasedev, -EPROTO, err);
+    }
+
     region = &udev->regions[info->index];
     region->offset = info->offset;
+    if (region->fd >= 0) {
+        close(region->fd);
+        region->fd = -1;
+    }
     if (reply.nfds && (info->flags & VFIO_REGION_INFO_FLAG_MMAP)) {
-        if (region->fd >= 0) {
-            close(region->fd);
+        if (vfio_user_check_mmap_fd(udev, reply.fds[0], info, &err)) {
+            /* Keep the first; the message closes the others */
+            region->fd = reply.fds[0];
+            reply.fds[0] = -1;
+        } else {
+            warn_report("vfio-user %s: region %u is not mapped, its "
+                        "accesses are messages: %s", udev->proxy->sockname,
+                        info->index, error_get_pretty(err));
+            error_free(err);
+            err = NULL;
         }
-        /* Keep the first; the message closes the others */
-        region->fd = reply.fds[0];
-        reply.fds[0] = -1;
-    } else if (info->flags & VFIO_REGION_INFO_FLAG_MMAP) {
+    }
+    if (region->fd < 0) {
         /* Nothing to mmap() from: every access goes through messages */
         info->flags &= ~VFIO_REGION_INFO_FLAG_MMAP;
     }
@@ -255,7 +416,7 @@ static int vfio_user_region_mmap_fd(VFIODevice *vbasedev, int index)
 static int vfio_user_get_irq_info(VFIODevice *vbasedev,
                                   struct vfio_irq_info *info)
 {
-    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    VFIOUserDevice *udev = vfio_user_op_dev(vbasedev);
     VFIOUserIRQInfo msg = { };
     g_auto(VFIOUserMsg) reply = { };
     struct vfio_irq_info *rinfo;
@@ -355,7 +516,7 @@ static void vfio_user_unmask_vectors(VFIODevice *vbasedev,
 static int vfio_user_set_irqs(VFIODevice *vbasedev,
                               struct vfio_irq_set *irq_set)
 {
-    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    VFIOUserDevice *udev = vfio_user_op_dev(vbasedev);
     const int32_t *fds = (const int32_t *)irq_set->data;
     uint32_t max_fds = udev->proxy->max_send_fds;
     uint32_t i, run, assigned_end = 0;
@@ -418,7 +579,7 @@ static int vfio_user_region_offset(VFIODevice *vbasedev, uint8_t index,
 static int vfio_user_region_read(VFIODevice *vbasedev, uint8_t index,
                                  off_t off, uint32_t size, void *data)
 {
-    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    VFIOUserDevice *udev = vfio_user_op_dev(vbasedev);
     uint32_t done = 0;
     uint64_t rel;
     int ret;
@@ -470,7 +631,7 @@ static int vfio_user_region_read(VFIODevice *vbasedev, uint8_t index,
 static int vfio_user_region_write(VFIODevice *vbasedev, uint8_t index,
                                   off_t off, uint32_t size, const void *data)
 {
-    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    VFIOUserDevice *udev = vfio_user_op_dev(vbasedev);
     uint32_t done = 0;
     uint64_t rel;
     bool posted;
@@ -642,7 +803,7 @@ static void vfio_user_lost(Notifier *notifier, void *data)
 
 static int vfio_user_device_reset(VFIODevice *vbasedev)
 {
-    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    VFIOUserDevice *udev = vfio_user_op_dev(vbasedev);
     VFIOUserHdr msg;
     Error *err = NULL;
     unsigned int i;
@@ -746,6 +907,8 @@ void vfio_user_device_detach(VFIODevice *vbasedev)
     }
     g_free(udev->regions);
     udev->regions = NULL;
+    error_free(udev->last_error);
+    udev->last_error = NULL;
     udev->num_regions = 0;
     vbasedev->io_ops = &vfio_device_io_ops_ioctl;
     vbasedev->io_opaque = NULL;

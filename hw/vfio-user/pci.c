@@ -17,9 +17,11 @@
 #include "hw/vfio-user/device.h"
 #include "qapi/clone-visitor.h"
 #include "qapi/error.h"
+#include "qapi/qapi-events-vfio.h"
 #include "qapi/qapi-visit-sockets.h"
 #include "qapi/visitor.h"
 #include "qemu/error-report.h"
+#include "qemu/timer.h"
 #include "trace.h"
 
 #define TYPE_VFIO_USER_PCI "vfio-user-pci"
@@ -44,9 +46,31 @@ struct VFIOUserPCIDevice {
     uint32_t timeout_ms;
     bool no_posted_writes;
     bool no_io_fds;
+    bool mmap_unsealed;
 
     VFIOUserDevice udev;
+    Notifier lost;              /* of the connection: tell management */
 };
+
+/*
+ * The server is gone: management may want to restart it, or unplug the
+ * device.  While realize runs, its error says it all.
+ */
+static void vfio_user_pci_lost(Notifier *notifier, void *data)
+{
+    VFIOUserPCIDevice *dev = container_of(notifier, VFIOUserPCIDevice, lost);
+    VFIOUserProxy *proxy = data;
+    DeviceState *d = DEVICE(dev);
+    g_autofree char *path = NULL;
+
+    if (!d->realized) {
+        return;
+    }
+    path = object_get_canonical_path(OBJECT(dev));
+    qapi_event_send_vfio_user_disconnected(d->id ?: "", path,
+                                           proxy->sockname,
+                                           proxy->lost_reason);
+}
 
 /* The socket to connect to, from whichever syntax the user chose */
 static SocketAddress *vfio_user_pci_socket(VFIOUserPCIDevice *dev,
@@ -124,10 +148,16 @@ static void vfio_user_pci_realize(PCIDevice *pdev, Error **errp)
     vbasedev->name = g_strdup_printf("vfio-user:%s",
                                      dev->udev.proxy->sockname);
     trace_vfio_user_pci_realize(vbasedev->name);
+    dev->lost.notify = vfio_user_pci_lost;
+    vfio_user_add_lost_notifier(dev->udev.proxy, &dev->lost);
+    vfio_user_set_deadline(dev->udev.proxy,
+                           qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                           dev->timeout_ms);
 
     if (!vfio_user_negotiate(dev->udev.proxy, errp)) {
         return;
     }
+    dev->udev.mmap_unsealed = dev->mmap_unsealed;
     if (!vfio_user_device_attach(vbasedev, &dev->udev, errp)) {
         goto error;
     }
@@ -147,9 +177,11 @@ static void vfio_user_pci_realize(PCIDevice *pdev, Error **errp)
             vfio_user_device_setup_io_fds(vbasedev, &bar->region, bar->ioport);
         }
     }
+    vfio_user_set_deadline(dev->udev.proxy, 0);
     return;
 
 error:
+    vfio_user_device_add_cause(&dev->udev, errp);
     error_prepend(errp, VFIO_MSG_PREFIX, vbasedev->name);
 }
 
@@ -180,9 +212,14 @@ static void vfio_user_pci_instance_finalize(Object *obj)
     VFIOUserPCIDevice *dev = VFIO_USER_PCI(obj);
     VFIODevice *vbasedev = &VFIO_PCI_BASE(obj)->vbasedev;
 
+    if (dev->udev.proxy) {
+        /* A realize that failed early leaves it set; unmaps get their own */
+        vfio_user_set_deadline(dev->udev.proxy, 0);
+    }
     vfio_detach_device(vbasedev);
     vfio_user_device_detach(vbasedev);
     if (dev->udev.proxy) {
+        notifier_remove(&dev->lost);
         vfio_user_disconnect(dev->udev.proxy);
         dev->udev.proxy = NULL;
     }
@@ -230,6 +267,8 @@ static const Property vfio_user_pci_properties[] = {
     DEFINE_PROP_BOOL("x-no-posted-writes", VFIOUserPCIDevice,
                      no_posted_writes, false),
     DEFINE_PROP_BOOL("x-no-io-fds", VFIOUserPCIDevice, no_io_fds, false),
+    DEFINE_PROP_BOOL("x-mmap-unsealed", VFIOUserPCIDevice, mmap_unsealed,
+                     false),
 };
 
 static void vfio_user_pci_class_init(ObjectClass *klass, void *data)
@@ -252,12 +291,17 @@ static void vfio_user_pci_class_init(ObjectClass *klass, void *data)
         "Name of an fd passed with getfd, or its number, with "
         "socket.type=fd");
     object_class_property_set_description(klass, "x-request-timeout-ms",
-        "How long to wait for the server's reply to each request (ms)");
+        "How long to wait for the server's reply to each request, and "
+        "for all of realize (ms); a server that misses it is disconnected");
     object_class_property_set_description(klass, "x-no-posted-writes",
         "Wait for the server's reply to every BAR write");
     object_class_property_set_description(klass, "x-no-io-fds",
         "Do not ask the server for ioeventfds or ioregionfds: every BAR "
         "access goes through the socket");
+    object_class_property_set_description(klass, "x-mmap-unsealed",
+        "Map region files the server has not sealed against shrinking "
+        "(F_SEAL_SHRINK): faster with such servers, but one that shrinks "
+        "a mapped file crashes QEMU");
     dc->desc = "vfio-user PCI device: device emulated by a vfio-user server";
     pdc->realize = vfio_user_pci_realize;
     k->parent_exit = pdc->exit;

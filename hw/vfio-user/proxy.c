@@ -9,6 +9,10 @@
  * server's requests, takes the replies to posted requests (sent without
  * waiting) and notices when the server goes away.
  *
+ * The server is not trusted to answer, to read what we send, or to stop
+ * sending: every wait, in either direction, ends at a deadline, and a
+ * server that misses one is disconnected rather than waited for again.
+ *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
@@ -31,6 +35,15 @@
  * advertised plus its header, or a region info reply with capabilities.
  */
 #define VFIO_USER_MAX_RECV_SIZE  (VFIO_USER_CLIENT_MAX_XFER + 4096)
+
+/*
+ * Messages the fd handler takes in one go: a server that sends without
+ * end must not keep the main loop from everything else.
+ */
+#define VFIO_USER_MAX_DISPATCH   16
+
+/* Linux's errnos are below this; the error field is 32 bits wide */
+#define VFIO_USER_MAX_ERRNO      4096
 
 static const char *vfio_user_command_name(uint16_t command)
 {
@@ -82,6 +95,40 @@ static int vfio_user_fd(VFIOUserProxy *proxy)
     return QIO_CHANNEL_SOCKET(proxy->ioc)->fd;
 }
 
+/*
+ * The failure an error reply stands for, as a negative errno: 0 and
+ * numbers no errno has would otherwise read as success (or, negated, as
+ * a byte count).
+ */
+int vfio_user_reply_errno(const VFIOUserHdr *hdr)
+{
+    if (hdr->error_reply && hdr->error_reply < VFIO_USER_MAX_ERRNO) {
+        return -(int)hdr->error_reply;
+    }
+    return -EPROTO;
+}
+
+/* When a request sent now must have been answered */
+static int64_t vfio_user_deadline(VFIOUserProxy *proxy)
+{
+    int64_t deadline = qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                       proxy->timeout_ms;
+
+    return proxy->deadline_ms ? MIN(deadline, proxy->deadline_ms) : deadline;
+}
+
+static void vfio_user_set_timeout_error(VFIOUserProxy *proxy,
+                                        const char *what, Error **errp)
+{
+    if (proxy->deadline_ms &&
+        qemu_clock_get_ms(QEMU_CLOCK_REALTIME) >= proxy->deadline_ms) {
+        error_setg(errp, "%s: setting up the device took longer than "
+                   "%u ms", what, proxy->timeout_ms);
+    } else {
+        error_setg(errp, "%s within %u ms", what, proxy->timeout_ms);
+    }
+}
+
 static void vfio_user_readable(void *opaque);
 
 /*
@@ -98,6 +145,7 @@ static void vfio_user_connection_lost(VFIOUserProxy *proxy, Error *err,
         qemu_set_fd_handler(vfio_user_fd(proxy), NULL, NULL, NULL);
         qio_channel_shutdown(proxy->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
         trace_vfio_user_connection_lost(proxy->sockname);
+        proxy->lost_reason = g_strdup(error_get_pretty(err));
         if (proxy->established) {
             error_report("%s; the device is disconnected",
                          error_get_pretty(err));
@@ -109,10 +157,14 @@ static void vfio_user_connection_lost(VFIOUserProxy *proxy, Error *err,
     error_propagate(errp, err);
 }
 
-/* Wait until the socket is readable; -ETIMEDOUT once @deadline_ms passes */
-static int vfio_user_wait_readable(VFIOUserProxy *proxy, int64_t deadline_ms)
+/*
+ * Wait until the socket is readable (@events POLLIN) or writable
+ * (POLLOUT); -ETIMEDOUT once @deadline_ms passes.
+ */
+static int vfio_user_wait_io(VFIOUserProxy *proxy, short events,
+                             int64_t deadline_ms)
 {
-    struct pollfd pfd = { .fd = vfio_user_fd(proxy), .events = POLLIN };
+    struct pollfd pfd = { .fd = vfio_user_fd(proxy), .events = events };
     int64_t left;
     int ret;
 
@@ -158,10 +210,10 @@ static int vfio_user_read_all(VFIOUserProxy *proxy, void *buf, size_t len,
             if (!done && !may_block) {
                 return -EAGAIN;
             }
-            wait = vfio_user_wait_readable(proxy, deadline_ms);
+            wait = vfio_user_wait_io(proxy, POLLIN, deadline_ms);
             if (wait == -ETIMEDOUT) {
-                error_setg(errp, "no message from the server within %u ms",
-                           proxy->timeout_ms);
+                vfio_user_set_timeout_error(proxy, "no message from the "
+                                            "server", errp);
                 return wait;
             } else if (wait < 0) {
                 error_setg_errno(errp, -wait, "cannot poll the socket");
@@ -219,17 +271,46 @@ static int vfio_user_recv(VFIOUserProxy *proxy, VFIOUserMsg *msg,
     return 0;
 }
 
+/*
+ * Send a whole message, its fds with its first byte.  A server that does
+ * not read gets as long as it gets to answer, then -ETIMEDOUT.
+ */
 static int vfio_user_send(VFIOUserProxy *proxy, VFIOUserHdr *hdr,
                           const int *fds, size_t nfds, Error **errp)
 {
-    struct iovec iov = { .iov_base = hdr, .iov_len = hdr->size };
+    int64_t deadline = vfio_user_deadline(proxy);
+    size_t done = 0;
 
     trace_vfio_user_send(proxy->sockname, hdr->id,
                          vfio_user_command_name(hdr->command), hdr->size,
                          hdr->flags, nfds);
-    if (qio_channel_writev_full_all(proxy->ioc, &iov, 1, (int *)fds, nfds, 0,
-                                    errp) < 0) {
-        return -EIO;
+    while (done < hdr->size) {
+        struct iovec iov = {
+            .iov_base = (char *)hdr + done,
+            .iov_len = hdr->size - done,
+        };
+        ssize_t ret;
+        int wait;
+
+        ret = qio_channel_writev_full(proxy->ioc, &iov, 1,
+                                      done ? NULL : (int *)fds,
+                                      done ? 0 : nfds, 0, errp);
+        if (ret == QIO_CHANNEL_ERR_BLOCK) {
+            wait = vfio_user_wait_io(proxy, POLLOUT, deadline);
+            if (wait == -ETIMEDOUT) {
+                vfio_user_set_timeout_error(proxy, "the server did not "
+                                            "take our message", errp);
+                return wait;
+            } else if (wait < 0) {
+                error_setg_errno(errp, -wait, "cannot poll the socket");
+                return wait;
+            }
+            continue;
+        }
+        if (ret < 0) {
+            return -EIO;
+        }
+        done += ret;
     }
     return 0;
 }
@@ -296,7 +377,8 @@ static bool vfio_user_posted_reply(VFIOUserProxy *proxy, VFIOUserMsg *msg)
         proxy->posted_error_reported = true;
         error_report("vfio-user %s: posted %s (id %u) failed: %s (error %u);"
                      " further failures are only traced", proxy->sockname,
-                     name, msg->hdr->id, strerror(msg->hdr->error_reply),
+                     name, msg->hdr->id,
+                     strerror(-vfio_user_reply_errno(msg->hdr)),
                      msg->hdr->error_reply);
     }
     return true;
@@ -327,10 +409,11 @@ static int vfio_user_dispatch(VFIOUserProxy *proxy, VFIOUserMsg *msg,
 static void vfio_user_readable(void *opaque)
 {
     VFIOUserProxy *proxy = opaque;
-    int64_t deadline = qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
-                       proxy->timeout_ms;
+    int64_t deadline = vfio_user_deadline(proxy);
+    unsigned int n;
 
-    while (proxy->connected) {
+    /* The rest, if any, on the main loop's next round */
+    for (n = 0; n < VFIO_USER_MAX_DISPATCH && proxy->connected; n++) {
         g_auto(VFIOUserMsg) msg = { };
         Error *err = NULL;
         int ret;
@@ -351,39 +434,45 @@ static void vfio_user_readable(void *opaque)
 }
 
 /*
+ * Receive the next message, waiting until @deadline_ms at most.  Messages
+ * that keep coming do not move the deadline: a server that sends request
+ * after request never lets us wait for anything else.
+ */
+static int vfio_user_recv_by(VFIOUserProxy *proxy, VFIOUserMsg *msg,
+                             int64_t deadline_ms, Error **errp)
+{
+    if (qemu_clock_get_ms(QEMU_CLOCK_REALTIME) >= deadline_ms) {
+        vfio_user_set_timeout_error(proxy, "no reply from the server", errp);
+        return -ETIMEDOUT;
+    }
+    return vfio_user_recv(proxy, msg, true, deadline_ms, errp);
+}
+
+/*
  * Serve what the server sends until at most @limit posted requests await
  * their reply.  Returns 0 or a negative errno.
  */
 static int vfio_user_wait_posted(VFIOUserProxy *proxy, unsigned int limit,
                                  Error **errp)
 {
-    int64_t deadline = qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
-                       proxy->timeout_ms;
+    int64_t deadline = vfio_user_deadline(proxy);
     Error *err = NULL;
     int ret = 0;
 
     while (proxy->connected && proxy->nr_posted > limit) {
         g_auto(VFIOUserMsg) msg = { };
 
-        ret = vfio_user_recv(proxy, &msg, true, deadline, &err);
-        if (ret == -ETIMEDOUT) {
-            /*
-             * As for any request: the server is slow, keep the link.  But
-             * stop waiting for these replies, or every later request
-             * would wait out the timeout first; they are stale when they
-             * come.
-             */
-            trace_vfio_user_posted_timeout(proxy->sockname, proxy->nr_posted);
-            proxy->nr_posted = 0;
-            error_propagate_prepend(errp, err, "vfio-user %s: waiting for "
-                                    "posted replies: ", proxy->sockname);
-            return ret;
-        }
+        ret = vfio_user_recv_by(proxy, &msg, deadline, &err);
         if (ret == 0) {
             ret = vfio_user_dispatch(proxy, &msg, &err);
         }
         if (ret < 0) {
-            error_prepend(&err, "vfio-user %s: ", proxy->sockname);
+            if (ret == -ETIMEDOUT) {
+                trace_vfio_user_posted_timeout(proxy->sockname,
+                                               proxy->nr_posted);
+            }
+            error_prepend(&err, "vfio-user %s: waiting for posted replies: ",
+                          proxy->sockname);
             vfio_user_connection_lost(proxy, err, errp);
             return ret;
         }
@@ -439,19 +528,18 @@ int vfio_user_request(VFIOUserProxy *proxy, VFIOUserHdr *req,
 
     req->id = proxy->next_id++;
     ret = vfio_user_send(proxy, req, fds, nfds, &err);
-    deadline = qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + proxy->timeout_ms;
+    deadline = vfio_user_deadline(proxy);
 
+    /*
+     * A server that does not answer in time is treated as gone: waiting
+     * the full timeout again for every later request would freeze the
+     * guest (and an unplug with many DMA mappings) for as long as it has
+     * requests to make.
+     */
     while (ret == 0) {
         g_auto(VFIOUserMsg) msg = { };
 
-        ret = vfio_user_recv(proxy, &msg, true, deadline, &err);
-        if (ret == -ETIMEDOUT) {
-            /* The server is slow, not necessarily gone: keep the link */
-            error_propagate_prepend(errp, err,
-                                    "vfio-user %s: %s (id %u) failed: ",
-                                    proxy->sockname, name, req->id);
-            return ret;
-        }
+        ret = vfio_user_recv_by(proxy, &msg, deadline, &err);
         if (ret < 0) {
             break;
         }
@@ -467,9 +555,10 @@ int vfio_user_request(VFIOUserProxy *proxy, VFIOUserHdr *req,
             break;
         }
         if (msg.hdr->flags & VFIO_USER_ERROR) {
-            ret = msg.hdr->error_reply ? -(int)msg.hdr->error_reply : -EINVAL;
-            error_setg_errno(errp, -ret, "vfio-user %s: server failed %s",
-                             proxy->sockname, name);
+            ret = vfio_user_reply_errno(msg.hdr);
+            error_setg_errno(errp, -ret, "vfio-user %s: server failed %s "
+                             "(error %u)", proxy->sockname, name,
+                             msg.hdr->error_reply);
             return ret;
         }
         if (reply) {
@@ -541,6 +630,17 @@ void vfio_user_add_lost_notifier(VFIOUserProxy *proxy, Notifier *notifier)
     notifier_list_add(&proxy->lost_notifiers, notifier);
 }
 
+/*
+ * Until @deadline_ms (QEMU_CLOCK_REALTIME; 0: none), every request must
+ * be answered by then, however many there are: realize has one deadline,
+ * not one per message, or a server answering each just in time could
+ * hold it for as long as it likes.
+ */
+void vfio_user_set_deadline(VFIOUserProxy *proxy, int64_t deadline_ms)
+{
+    proxy->deadline_ms = deadline_ms;
+}
+
 void vfio_user_set_request_handler(VFIOUserProxy *proxy,
                                    VFIOUserRequestHandler *handler,
                                    void *opaque)
@@ -608,6 +708,7 @@ void vfio_user_disconnect(VFIOUserProxy *proxy)
     trace_vfio_user_disconnect(proxy->sockname);
     qio_channel_close(proxy->ioc, NULL);
     object_unref(OBJECT(proxy->ioc));
+    g_free(proxy->lost_reason);
     g_free(proxy->sockname);
     g_free(proxy);
 }

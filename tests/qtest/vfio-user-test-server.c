@@ -22,7 +22,8 @@
  * mapped, and a message with more fds than the client accepts.  STATUS
  * then holds the errno the client replied with.
  *
- * BAR1 (8 KiB, memory): backed by a memfd; its first page is offered for
+ * BAR1 (8 KiB, memory): backed by a memfd sealed against shrinking, as
+ *   clients that map it may require; its first page is offered for
  *   mmap(), its second is reached through messages.
  * BAR2 (4 KiB, memory): MSI-X table at 0, PBA at 0x800, for NR_MSIX
  *   vectors.
@@ -39,6 +40,7 @@
 #include <assert.h>
 #include <err.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -461,8 +463,9 @@ int main(int argc, char **argv)
     /* A client that drops us must not kill us: we serve the next one */
     signal(SIGPIPE, SIG_IGN);
 
-    fd = memfd_create("vfio-user-test-bar1", 0);
-    if (fd < 0 || ftruncate(fd, BAR1_SIZE) < 0) {
+    fd = memfd_create("vfio-user-test-bar1", MFD_ALLOW_SEALING);
+    if (fd < 0 || ftruncate(fd, BAR1_SIZE) < 0 ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0) {
         err(EXIT_FAILURE, "memfd for BAR1");
     }
     bar1 = mmap(NULL, BAR1_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);

@@ -23,8 +23,10 @@ typedef struct VFIOUserDevice {
     VFIOUserRegion *regions;
     unsigned int num_regions;
     bool posted_writes;     /* BAR writes do not wait for their reply */
+    bool mmap_unsealed;     /* map region files the server may shrink */
     unsigned int io_fds_budget; /* I/O fds the regions may still take */
     Notifier lost;          /* of the connection */
+    Error *last_error;      /* why the last operation failed, if it did */
     QEMUBH *lost_bh;
 } VFIOUserDevice;
 
@@ -33,6 +35,7 @@ extern const VFIODeviceIOOps vfio_user_device_io_ops;
 bool vfio_user_device_attach(VFIODevice *vbasedev, VFIOUserDevice *udev,
                              Error **errp);
 void vfio_user_device_detach(VFIODevice *vbasedev);
+void vfio_user_device_add_cause(VFIOUserDevice *udev, Error **errp);
 void vfio_user_device_setup_io_fds(VFIODevice *vbasedev, VFIORegion *region,
                                    bool pio);
 void vfio_user_device_drop_io_fds(VFIODevice *vbasedev);

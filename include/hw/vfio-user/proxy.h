@@ -50,6 +50,7 @@ struct VFIOUserProxy {
     char *sockname;             /* names the connection in messages */
     uint16_t next_id;
     uint32_t timeout_ms;        /* for each request's reply */
+    int64_t deadline_ms;        /* if not 0, for every reply (realize) */
     bool connected;
     bool established;           /* negotiated: the device may be in use */
 
@@ -67,8 +68,9 @@ struct VFIOUserProxy {
     unsigned int nr_posted;
     bool posted_error_reported;
 
-    /* Told once the connection is lost */
+    /* Told once the connection is lost, and why */
     NotifierList lost_notifiers;
+    char *lost_reason;
 };
 
 VFIOUserProxy *vfio_user_connect(SocketAddress *addr, uint32_t timeout_ms,
@@ -88,5 +90,7 @@ int vfio_user_request_posted(VFIOUserProxy *proxy, VFIOUserHdr *req,
                              Error **errp);
 void vfio_user_flush_posted(VFIOUserProxy *proxy);
 void vfio_user_add_lost_notifier(VFIOUserProxy *proxy, Notifier *notifier);
+void vfio_user_set_deadline(VFIOUserProxy *proxy, int64_t deadline_ms);
+int vfio_user_reply_errno(const VFIOUserHdr *hdr);
 
 #endif /* HW_VFIO_USER_PROXY_H */
