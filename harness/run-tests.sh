@@ -54,25 +54,39 @@ cd "$build"
 export VFIO_USER_SAMPLES=$build/subprojects/libvfio-user/samples
 
 # The qtest runs once per target: most of it on x86_64; on aarch64 what
-# x86 cannot do (8-byte accesses to I/O BARs)
+# x86 cannot do (8-byte accesses to I/O BARs).  On x86_64 it runs once
+# more with glibc's malloc checking, which aborts at the first heap
+# corruption it sees instead of whenever the heap next breaks.
+malloc_debug=$(ls /usr/lib/*/libc_malloc_debug.so.0 2>/dev/null | head -n 1)
 test=tests/qtest/vfio-user-test
-for arch in x86_64 aarch64; do
+for run_as in x86_64 aarch64 x86_64:malloc-check; do
+    arch=${run_as%%:*}
+    variant=${run_as#"$arch"}
     export QTEST_QEMU_BINARY=./qemu-system-$arch
     if [ ! -x "$test" ] || [ ! -x "$QTEST_QEMU_BINARY" ]; then
         record "$test ($arch)" fail /dev/null
         continue
     fi
+    env=()
+    if [ "$variant" = :malloc-check ]; then
+        if [ -z "$malloc_debug" ]; then
+            record "$test (malloc-check: no libc_malloc_debug.so.0)" fail /dev/null
+            continue
+        fi
+        env=(env LD_PRELOAD="$malloc_debug" GLIBC_TUNABLES=glibc.malloc.check=3)
+    fi
     for path in $("$test" -l | grep '^/'); do
-        log=$results/$(echo "${path#/}" | tr '/' '_').log
-        run "$path" "$log" "$test" --tap -p "$path"
+        log=$results/$(echo "${path#/}$variant" | tr '/:' '__').log
+        path_name=$path${variant:+ (${variant#:})}
+        run "$path_name" "$log" "${env[@]}" "$test" --tap -p "$path"
         rc=$?
         if [ $rc -eq 0 ] && grep -q '^ok .*# SKIP' "$log"; then
-            record "$path" skip "$log"
+            record "$path_name" skip "$log"
         elif [ $rc -eq 0 ] && grep -q '^ok ' "$log" && ! grep -q '^not ok' "$log"; then
-            record "$path" pass "$log"
+            record "$path_name" pass "$log"
         else
             [ $rc -eq 124 ] && echo "timed out after ${case_timeout}s" >>"$log"
-            record "$path" fail "$log"
+            record "$path_name" fail "$log"
         fi
     done
 done

@@ -4,12 +4,14 @@
  * cannot: VFIO_USER_DEVICE_GET_REGION_IO_FDS entries of every type
  * (ioeventfd, ioregionfd, newer libvfio-user's shadow ioeventfd), in the
  * 40- or 48-byte layout or a stride of any size, bad entries on request,
- * and a record of what arrives on each fd.
+ * and a record of what arrives on each fd; and, one at a time, the
+ * misbehaviours of a hostile server (--misbehave).
  *
  * The device: PCI 1b36:00f1, class 0xff0000, INTx pin A, no capabilities.
  *   BAR0  4 KiB memory (32-bit, non-prefetchable)
  *   BAR1  256 bytes I/O space
- *   BAR2  8 KiB memory; its second page is offered for mmap() (a memfd)
+ *   BAR2  8 KiB memory; its second page is offered for mmap() (a memfd,
+ *         sealed against shrinking)
  * BAR0, BAR1 and BAR2 are scratch bytes: REGION_WRITE stores, REGION_READ
  * returns, at any offset and size within the region (else EINVAL).  They
  * and config space outlive a connection; everything else is per
@@ -53,7 +55,8 @@
  *
  * usage: vfio-user-raw-server [--iofd SPEC]... [--iofds-stride N]
  *            [--iofds-error ERRNO] [--fail-write OFFSET]
- *            [--hold-write-replies N] [--log FILE] SOCKET_PATH
+ *            [--hold-write-replies N] [--misbehave NAME] [--delay-ms N]
+ *            [--log FILE] SOCKET_PATH
  * Serves one client after another until killed.
  *   --iofd REGION,TYPE[,KEY=VALUE]...  an io fd entry of BAR REGION (0-2);
  *       TYPE ioeventfd (wire type 0), ioregionfd (1) or shadow (2).
@@ -72,10 +75,28 @@
  *       them wait for their reply, or another message comes (then first,
  *       in order): a client that waits for each before it sends the next
  *       would time out.
+ *   --misbehave NAME  misbehave as the row NAME of the table near the end
+ *       of this file says (--misbehave help lists them): an error value
+ *       that is no errno, headers and sizes that lie, fds where none
+ *       belong, absurd region info, config space that breaks its rules,
+ *       absurd IRQ info and io fd replies, DMA requests outside guest
+ *       RAM, bad capabilities, and servers that flood, stall or go quiet.
+ *       Each row is a hook or two: a setup (config space, options, fds),
+ *       a change to the reply to one command, a change to a region's
+ *       info, or what to do on its own once the client realized the
+ *       device, which it takes to be once it answered the client's first
+ *       GET_REGION_IO_FDS for BAR2.  Our own requests have ids from
+ *       0x8000.
+ *   --delay-ms N  answer every message N ms late.
  *   --log FILE  append a line per event: connect, disconnect, reset,
  *       "iofds region R count N nfds F", "iofds region R argsz-too-small
  *       need N", "eof entry K" (the client closed entry K's ioregionfd
- *       socket), and what this server refused.
+ *       socket), and what this server refused; with a misbehaviour,
+ *       "realized", "request CMD id N flags F" (one of ours), "reply to
+ *       CMD id N: ok", "...: ok data 0xV" (DMA_READ, its first 8 bytes),
+ *       "...: error E", "unexpected reply id N", "answered CMD id N"
+ *       (with a delay), "unanswered CMD id N" (gone quiet), and "flood
+ *       sent N answered M" at the end of a flood.
  * Bad options exit with status 2.
  *
  * Before each message from the client, the server reads every io fd: the
@@ -102,10 +123,13 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <linux/pci_regs.h>
 #include <linux/vfio.h>
 
 #define RAW_VENDOR_ID       0x1b36  /* Red Hat's range for QEMU tests */
@@ -123,6 +147,8 @@
 #define VU_DEVICE_SET_IRQS          8
 #define VU_REGION_READ              9
 #define VU_REGION_WRITE             10
+#define VU_DMA_READ                 11
+#define VU_DMA_WRITE                12
 #define VU_DEVICE_RESET             13
 
 #define VU_TYPE_MASK        0xf
@@ -134,7 +160,8 @@
 #define VU_HDR_SIZE         16
 #define VU_MAJOR            0
 #define VU_MINOR            1
-#define MAX_MSG_FDS         8       /* what we announce, and send at most */
+#define MAX_MSG_FDS         8       /* what we announce */
+#define MAX_SEND_FDS        16      /* what we send at most (misbehaving) */
 #define MAX_XFER            (1024 * 1024)
 #define MAX_MSG_SIZE        (VU_HDR_SIZE + 16 + MAX_XFER)
 #define RECV_FDS            16      /* taken per recvmsg(); more are closed */
@@ -150,7 +177,8 @@
 #define BAR2_SIZE           0x2000
 #define BAR2_MMAP_OFFSET    0x1000
 #define BAR2_MMAP_SIZE      0x1000
-#define CFG_SIZE            256
+#define CFG_SIZE            256     /* the config region, by default */
+#define CFG_MAX             4096    /* what config space can hold */
 
 /* Config space */
 #define CFG_VENDOR_ID       0x00
@@ -159,8 +187,13 @@
 #define CFG_BAR0            0x10
 #define CFG_BAR1            0x14
 #define CFG_BAR2            0x18
+#define CFG_STATUS          0x06
+#define CFG_STATUS_CAP_LIST 0x10
+#define CFG_ROM             0x30
+#define CFG_CAP_PTR         0x34
 #define CFG_INTERRUPT_PIN   0x3d
 #define CFG_BAR_IO          0x1
+#define CFG_ROM_ENABLE      0x1
 
 /* BAR0's statistics window */
 #define STATS_BASE          0x800
@@ -241,7 +274,44 @@ static uint8_t bar0[BAR0_SIZE];
 static uint8_t bar1[BAR1_SIZE];
 static uint8_t *bar2;
 static int bar2_fd = -1;
-static uint8_t config[CFG_SIZE];
+static int bar2_offer_fd = -1;  /* sent for BAR2's mmap instead, if set */
+static uint8_t config[CFG_MAX];
+static uint32_t cfg_size = CFG_SIZE;
+static uint32_t rom_mask;       /* ROM BAR's writable address bits */
+static uint64_t rom_size;       /* region info of the ROM */
+
+/* What the server does on its own, once the device is realized */
+enum mode {
+    MODE_SERVE,             /* answer what comes */
+    MODE_FLOOD,             /* and send DMA_READs without end */
+    MODE_DEAF,              /* read nothing more */
+    MODE_MUTE,              /* read, answer nothing */
+};
+
+static enum mode mode;
+static bool realized;
+static unsigned delay_ms;
+static const struct misbehaviour *misbehaviour;
+
+/* The guest memory the client mapped (DMA_MAP), for our DMA requests */
+#define MAX_DMA_MAPS        64
+#define DMA_ADDR            0x100000    /* where our DMA goes, if mapped */
+static struct {
+    uint64_t iova, size;
+} dma_maps[MAX_DMA_MAPS];
+static unsigned nr_dma_maps;
+
+/* Requests we sent and whose reply we await */
+#define MAX_PENDING         256
+#define FLOOD_WINDOW        64
+static struct {
+    uint16_t id;
+    uint16_t command;
+    bool quiet;             /* a flood's: counted, not logged */
+} pending[MAX_PENDING];
+static unsigned nr_pending;
+static uint16_t next_request_id = 0x8000;
+static uint64_t flood_sent, flood_answered;
 
 /* Our end of an ioregionfd socket the client holds the other end of */
 struct ioregion_sock {
@@ -266,16 +336,53 @@ struct exchange {
     uint16_t id;
     uint16_t command;
     uint32_t flags;
+    uint32_t error;         /* of a reply */
     uint8_t *req;           /* the payload */
     size_t req_len;
     int fds[RECV_FDS];      /* a handler keeps one by setting it to -1 */
     size_t nfds;
     uint8_t *rep;           /* the reply's payload */
     size_t rep_len;
-    int rep_fds[MAX_MSG_FDS];
-    bool rep_fd_close[MAX_MSG_FDS];     /* ours to close once sent */
+    int rep_fds[MAX_SEND_FDS];
+    bool rep_fd_close[MAX_SEND_FDS];    /* ours to close once sent */
     size_t rep_nfds;
+    /* What a misbehaviour may change about sending the reply */
+    uint8_t *hdr;           /* the reply's header, filled in */
+    size_t send_len;        /* bytes to send, header included */
+    unsigned copies;        /* how many times to send it */
+    bool hangup;            /* close the connection once sent */
 };
+
+/* A region info reply, before it goes on the wire */
+#define MAX_AREAS           2
+struct region_reply {
+    struct vfio_region_info info;
+    struct vfio_region_sparse_mmap_area areas[MAX_AREAS];
+    unsigned nr_areas;
+};
+
+/*
+ * A misbehaviour (--misbehave NAME): a row of the table near the end of
+ * this file, with the hooks it needs and their data in @a, @b, @c, @text.
+ */
+struct misbehaviour {
+    const char *name;
+    const char *what;
+    /* Before serving: config space patches, options, fds */
+    void (*setup)(const struct misbehaviour *m);
+    /* Change the reply to @command, for region or IRQ @index - 1 (0: any) */
+    uint16_t command;
+    uint8_t index;
+    void (*reply)(const struct misbehaviour *m, struct exchange *x);
+    /* Change region @index - 1's info (0: any region) */
+    void (*region)(const struct misbehaviour *m, struct region_reply *r);
+    /* Once realized: what the server does on its own */
+    void (*realized)(const struct misbehaviour *m);
+    uint64_t a, b, c;
+    const char *text;
+};
+
+#define INDEX(n)            ((n) + 1)
 
 static uint8_t req_buf[MAX_MSG_SIZE];
 static uint8_t rep_buf[MAX_MSG_SIZE];
@@ -430,8 +537,16 @@ static bool config_writable(unsigned off)
     return (off >= 0x04 && off < 0x06) ||      /* command */
            (off >= 0x0c && off < 0x0e) ||      /* cache line, latency */
            (off >= 0x10 && off < 0x28) ||      /* BARs */
+           (rom_mask && off >= CFG_ROM && off < CFG_ROM + 4) ||
            off == 0x3c ||                      /* interrupt line */
            off >= 0x40;
+}
+
+/* A ROM BAR keeps its enable bit and the address bits of its size */
+static void config_rom_fixup(void)
+{
+    st_le(config + CFG_ROM, 4,
+          ld_le(config + CFG_ROM, 4) & (rom_mask | CFG_ROM_ENABLE));
 }
 
 static void config_init(void)
@@ -512,7 +627,7 @@ static bool send_full(int sock, const uint8_t *buf, size_t len,
                       const int *fds, size_t nfds)
 {
     union {
-        char buf[CMSG_SPACE(sizeof(int) * MAX_MSG_FDS)];
+        char buf[CMSG_SPACE(sizeof(int) * MAX_SEND_FDS)];
         struct cmsghdr align;
     } control;
     size_t done = 0;
@@ -810,7 +925,7 @@ static void drain_io(void)
 
 static int add_reply_fd(struct exchange *x, int fd, bool close_after)
 {
-    if (x->rep_nfds == MAX_MSG_FDS) {
+    if (x->rep_nfds == MAX_SEND_FDS) {
         if (close_after) {
             close(fd);
         }
@@ -819,6 +934,27 @@ static int add_reply_fd(struct exchange *x, int fd, bool close_after)
     x->rep_fds[x->rep_nfds] = fd;
     x->rep_fd_close[x->rep_nfds] = close_after;
     return x->rep_nfds++;
+}
+
+/* The region or IRQ index of a request, for those that have one */
+static int request_index(const struct exchange *x)
+{
+    switch (x->command) {
+    case VU_DEVICE_GET_REGION_INFO:
+    case VU_DEVICE_GET_REGION_IO_FDS:
+    case VU_DEVICE_GET_IRQ_INFO:
+    case VU_DEVICE_SET_IRQS:
+    case VU_REGION_READ:
+    case VU_REGION_WRITE:
+        return x->req_len >= 12 ? (int)rd32(x->req + 8) : -1;
+    default:
+        return -1;
+    }
+}
+
+static bool index_matches(uint8_t index, int actual)
+{
+    return !index || index - 1 == actual;
 }
 
 static int handle_version(struct exchange *x)
@@ -834,17 +970,31 @@ static int handle_version(struct exchange *x)
 
 static int handle_dma_map(struct exchange *x)
 {
+    uint64_t iova = rd64(x->req + 16), size = rd64(x->req + 24);
+
     log_event("dma_map iova 0x%llx size 0x%llx fds %zu",
-              (unsigned long long)rd64(x->req + 16),
-              (unsigned long long)rd64(x->req + 24), x->nfds);
+              (unsigned long long)iova, (unsigned long long)size, x->nfds);
+    if (nr_dma_maps < MAX_DMA_MAPS) {
+        dma_maps[nr_dma_maps].iova = iova;
+        dma_maps[nr_dma_maps++].size = size;
+    }
     return 0;
 }
 
 static int handle_dma_unmap(struct exchange *x)
 {
+    uint64_t iova = rd64(x->req + 8);
+    unsigned i;
+
     log_event("dma_unmap iova 0x%llx size 0x%llx",
-              (unsigned long long)rd64(x->req + 8),
+              (unsigned long long)iova,
               (unsigned long long)rd64(x->req + 16));
+    for (i = 0; i < nr_dma_maps; i++) {
+        if (dma_maps[i].iova == iova) {
+            dma_maps[i] = dma_maps[--nr_dma_maps];
+            break;
+        }
+    }
     /* The reply echoes the request (the specification says so) */
     memcpy(x->rep, x->req, 24);
     x->rep_len = 24;
@@ -866,52 +1016,68 @@ static int handle_device_get_info(struct exchange *x)
 
 static int handle_get_region_info(struct exchange *x)
 {
-    struct vfio_region_info info = { .argsz = sizeof(info) };
     struct vfio_region_info_cap_sparse_mmap sparse = {
         .header.id = VFIO_REGION_INFO_CAP_SPARSE_MMAP,
         .header.version = 1,
-        .nr_areas = 1,
     };
-    struct vfio_region_sparse_mmap_area area = {
-        .offset = BAR2_MMAP_OFFSET,
-        .size = BAR2_MMAP_SIZE,
-    };
+    struct region_reply r = { .info.argsz = sizeof(r.info) };
+    struct vfio_region_info *info = &r.info;
     uint32_t argsz = rd32(x->req);
+    size_t caps_len;
     uint64_t size;
 
-    info.index = rd32(x->req + 8);
-    if (argsz < sizeof(info) || info.index >= NR_REGIONS) {
+    info->index = rd32(x->req + 8);
+    if (argsz < sizeof(*info) || info->index >= NR_REGIONS) {
         return -EINVAL;
     }
-    switch (info.index) {
+    switch (info->index) {
     case VFIO_PCI_BAR0_REGION_INDEX:
     case VFIO_PCI_BAR1_REGION_INDEX:
     case VFIO_PCI_BAR2_REGION_INDEX:
     case VFIO_PCI_CONFIG_REGION_INDEX:
-        info.flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
+        info->flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
+        break;
+    case VFIO_PCI_ROM_REGION_INDEX:
+        info->flags = rom_size ? VFIO_REGION_INFO_FLAG_READ : 0;
         break;
     }
-    if (info.index == VFIO_PCI_CONFIG_REGION_INDEX) {
-        info.size = CFG_SIZE;
+    if (info->index == VFIO_PCI_CONFIG_REGION_INDEX) {
+        info->size = cfg_size;
+    } else if (info->index == VFIO_PCI_ROM_REGION_INDEX) {
+        info->size = rom_size;
     } else {
-        region_mem(info.index, &size);
-        info.size = size;
+        region_mem(info->index, &size);
+        info->size = size;
     }
-    x->rep_len = sizeof(info);
-    if (info.index == VFIO_PCI_BAR2_REGION_INDEX) {
+    if (info->index == VFIO_PCI_BAR2_REGION_INDEX) {
+        info->flags |= VFIO_REGION_INFO_FLAG_MMAP | VFIO_REGION_INFO_FLAG_CAPS;
+        r.areas[0].offset = BAR2_MMAP_OFFSET;
+        r.areas[0].size = BAR2_MMAP_SIZE;
+        r.nr_areas = 1;
+    }
+    if (misbehaviour && misbehaviour->region &&
+        index_matches(misbehaviour->index, info->index)) {
+        misbehaviour->region(misbehaviour, &r);
+    }
+
+    x->rep_len = sizeof(*info);
+    if (r.nr_areas) {
         /* As the kernel does: CAPS always, the list only if it fits */
-        info.flags |= VFIO_REGION_INFO_FLAG_MMAP | VFIO_REGION_INFO_FLAG_CAPS;
-        info.argsz = sizeof(info) + sizeof(sparse) + sizeof(area);
-        if (argsz >= info.argsz) {
-            info.cap_offset = sizeof(info);
-            memcpy(x->rep + sizeof(info), &sparse, sizeof(sparse));
-            memcpy(x->rep + sizeof(info) + sizeof(sparse), &area,
-                   sizeof(area));
-            x->rep_len = info.argsz;
+        caps_len = sizeof(sparse) + r.nr_areas * sizeof(r.areas[0]);
+        if (info->argsz == sizeof(*info)) {
+            info->argsz += caps_len;
         }
-        add_reply_fd(x, bar2_fd, false);
+        if (argsz >= sizeof(*info) + caps_len) {
+            sparse.nr_areas = r.nr_areas;
+            info->cap_offset = sizeof(*info);
+            memcpy(x->rep + sizeof(*info), &sparse, sizeof(sparse));
+            memcpy(x->rep + sizeof(*info) + sizeof(sparse), r.areas,
+                   r.nr_areas * sizeof(r.areas[0]));
+            x->rep_len += caps_len;
+        }
+        add_reply_fd(x, bar2_offer_fd >= 0 ? bar2_offer_fd : bar2_fd, false);
     }
-    memcpy(x->rep, &info, sizeof(info));
+    memcpy(x->rep, info, sizeof(*info));
     return 0;
 }
 
@@ -1186,7 +1352,7 @@ static int handle_region_rw(struct exchange *x)
 
     if (region == VFIO_PCI_CONFIG_REGION_INDEX) {
         mem = config;
-        size = CFG_SIZE;
+        size = cfg_size < CFG_MAX ? cfg_size : CFG_MAX;
     } else {
         mem = region_mem(region, &size);
     }
@@ -1210,6 +1376,7 @@ static int handle_region_rw(struct exchange *x)
                 config[offset + i] = x->req[16 + i];
             }
         }
+        config_rom_fixup();
         return 0;
     }
     if (fail_write && region == 0 && offset == fail_write_offset) {
@@ -1270,22 +1437,168 @@ static const struct command *find_command(uint16_t command)
     return NULL;
 }
 
+static const char *command_name(uint16_t command)
+{
+    const struct command *cmd = find_command(command);
+
+    switch (command) {
+    case VU_DMA_READ:
+        return "DMA_READ";
+    case VU_DMA_WRITE:
+        return "DMA_WRITE";
+    }
+    return cmd ? cmd->name : "UNKNOWN";
+}
+
+/*
+ * Requests of our own
+ */
+
+/* Send a request with @len bytes of payload; false if the link is gone */
+static bool send_request(uint16_t command, uint32_t flags, const void *payload,
+                         size_t len, bool quiet)
+{
+    uint8_t msg[VU_HDR_SIZE + 64];
+    uint16_t id = next_request_id++;
+
+    if (len > sizeof(msg) - VU_HDR_SIZE) {
+        len = sizeof(msg) - VU_HDR_SIZE;
+    }
+    wr16(msg, id);
+    wr16(msg + 2, command);
+    wr32(msg + 4, VU_HDR_SIZE + len);
+    wr32(msg + 8, VU_TYPE_REQUEST | flags);
+    wr32(msg + 12, 0);
+    memcpy(msg + VU_HDR_SIZE, payload, len);
+    if (!quiet) {
+        log_event("request %s id %u flags 0x%x", command_name(command), id,
+                  flags);
+    }
+    if (!(flags & VU_NO_REPLY) && nr_pending < MAX_PENDING) {
+        pending[nr_pending].id = id;
+        pending[nr_pending].command = command;
+        pending[nr_pending++].quiet = quiet;
+    }
+    return send_full(conn.sock, msg, VU_HDR_SIZE + len, NULL, 0);
+}
+
+/* Where a DMA of @len bytes can go: DMA_ADDR if the client mapped it */
+static uint64_t dma_target(uint64_t len)
+{
+    unsigned i;
+
+    for (i = 0; i < nr_dma_maps; i++) {
+        if (dma_maps[i].iova <= DMA_ADDR && len <= dma_maps[i].size &&
+            DMA_ADDR - dma_maps[i].iova <= dma_maps[i].size - len) {
+            return DMA_ADDR;
+        }
+    }
+    for (i = 0; i < nr_dma_maps; i++) {
+        if (dma_maps[i].size >= len) {
+            return dma_maps[i].iova;
+        }
+    }
+    return DMA_ADDR;
+}
+
+/*
+ * DMA_READ or DMA_WRITE of @count bytes at @addr; a write carries
+ * DMA_PATTERN's bytes, as many as the count says, 64 at most.
+ */
+#define DMA_PATTERN         0x1122334455667788ull
+static bool send_dma(uint16_t command, uint32_t flags, uint64_t addr,
+                     uint64_t count, bool quiet)
+{
+    uint8_t payload[16 + 48];
+    size_t len = 16, i;
+
+    wr64(payload, addr);
+    wr64(payload + 8, count);
+    if (command == VU_DMA_WRITE) {
+        for (i = 0; i < count && len < sizeof(payload); i++) {
+            payload[len++] = DMA_PATTERN >> (8 * (i % 8));
+        }
+    }
+    return send_request(command, flags, payload, len, quiet);
+}
+
+/* The client's reply to a request of ours */
+static void take_reply(const struct exchange *x)
+{
+    uint16_t command;
+    unsigned i;
+    bool quiet;
+
+    for (i = 0; i < nr_pending && pending[i].id != x->id; i++) {
+        continue;
+    }
+    if (i == nr_pending) {
+        log_event("unexpected reply id %u (command %u)", x->id, x->command);
+        return;
+    }
+    command = pending[i].command;
+    quiet = pending[i].quiet;
+    pending[i] = pending[--nr_pending];
+    if (quiet) {
+        flood_answered++;
+    } else if (x->flags & VU_ERROR) {
+        log_event("reply to %s id %u: error %u", command_name(command), x->id,
+                  x->error);
+    } else if (command == VU_DMA_READ && x->req_len >= 24) {
+        log_event("reply to %s id %u: ok data 0x%llx", command_name(command),
+                  x->id, (unsigned long long)rd64(x->req + 16));
+    } else {
+        log_event("reply to %s id %u: ok", command_name(command), x->id);
+    }
+}
+
+/* Send DMA_READs within mapped memory until FLOOD_WINDOW are unanswered */
+static bool flood_more(void)
+{
+    while (nr_pending < FLOOD_WINDOW) {
+        if (!send_dma(VU_DMA_READ, 0, dma_target(8), 8, true)) {
+            return false;
+        }
+        flood_sent++;
+    }
+    return true;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = { .tv_sec = ms / 1000,
+                           .tv_nsec = (ms % 1000) * 1000000L };
+
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+        continue;
+    }
+}
+
 /* Handle @x and send its reply; false if the connection is gone */
 static bool dispatch(struct exchange *x)
 {
     const struct command *cmd = find_command(x->command);
+    const struct misbehaviour *m = misbehaviour;
     uint8_t *hdr = rep_buf;
     bool ok = true;
+    unsigned copy;
     size_t i;
     int ret;
 
     x->rep = rep_buf + VU_HDR_SIZE;
     x->rep_len = 0;
     x->rep_nfds = 0;
-    if ((x->flags & VU_TYPE_MASK) != VU_TYPE_REQUEST) {
-        /* We send no requests: nothing can be a reply to one */
+    if ((x->flags & VU_TYPE_MASK) == VU_TYPE_REPLY) {
+        take_reply(x);
+        ret = 0;
+        x->flags |= VU_NO_REPLY;
+    } else if ((x->flags & VU_TYPE_MASK) != VU_TYPE_REQUEST) {
         log_event("unexpected message type 0x%x, command %u",
                   x->flags & VU_TYPE_MASK, x->command);
+        ret = 0;
+        x->flags |= VU_NO_REPLY;
+    } else if (mode == MODE_MUTE) {
+        log_event("unanswered %s id %u", command_name(x->command), x->id);
         ret = 0;
         x->flags |= VU_NO_REPLY;
     } else if (!cmd) {
@@ -1301,30 +1614,49 @@ static bool dispatch(struct exchange *x)
 
     if (!(x->flags & VU_NO_REPLY)) {
         if (ret) {
-            /* An error reply is the header alone */
+            /* An error reply is the header alone, without fds */
             x->rep_len = 0;
+            for (i = 0; i < x->rep_nfds; i++) {
+                if (x->rep_fd_close[i]) {
+                    close(x->rep_fds[i]);
+                }
+            }
+            x->rep_nfds = 0;
         }
         wr16(hdr, x->id);
         wr16(hdr + 2, x->command);
         wr32(hdr + 4, VU_HDR_SIZE + x->rep_len);
         wr32(hdr + 8, VU_TYPE_REPLY | (ret ? VU_ERROR : 0));
         wr32(hdr + 12, -ret);
+        x->hdr = hdr;
+        x->send_len = VU_HDR_SIZE + x->rep_len;
+        x->copies = 1;
+        x->hangup = false;
+        if (m && m->reply && m->command == x->command &&
+            index_matches(m->index, request_index(x))) {
+            m->reply(m, x);
+        }
+        if (delay_ms) {
+            sleep_ms(delay_ms);
+            log_event("answered %s id %u", command_name(x->command), x->id);
+        }
         if (hold_write_replies && x->command == VU_REGION_WRITE &&
             rd32(x->req + 8) != VFIO_PCI_CONFIG_REGION_INDEX &&
-            VU_HDR_SIZE + x->rep_len <= sizeof(held_replies[0]) &&
+            x->send_len <= sizeof(held_replies[0]) &&
             nr_held_replies + 1 < hold_write_replies) {
-            memcpy(held_replies[nr_held_replies++], rep_buf,
-                   VU_HDR_SIZE + x->rep_len);
+            memcpy(held_replies[nr_held_replies++], rep_buf, x->send_len);
         } else {
             for (i = 0; i < nr_held_replies && ok; i++) {
                 ok = send_full(conn.sock, held_replies[i],
                                rd32(held_replies[i] + 4), NULL, 0);
             }
             nr_held_replies = 0;
-            ok = ok && send_full(conn.sock, rep_buf,
-                                 VU_HDR_SIZE + x->rep_len, x->rep_fds,
-                                 ret ? 0 : x->rep_nfds);
+            for (copy = 0; copy < x->copies && ok; copy++) {
+                ok = send_full(conn.sock, rep_buf, x->send_len, x->rep_fds,
+                               copy ? 0 : x->rep_nfds);
+            }
         }
+        ok = ok && !x->hangup;
     }
     for (i = 0; i < x->rep_nfds; i++) {
         if (x->rep_fd_close[i]) {
@@ -1334,6 +1666,16 @@ static bool dispatch(struct exchange *x)
     for (i = 0; i < x->nfds; i++) {
         if (x->fds[i] >= 0) {
             close(x->fds[i]);
+        }
+    }
+
+    /* The client asks for BAR2's io fds last when it realizes the device */
+    if (ok && !realized && x->command == VU_DEVICE_GET_REGION_IO_FDS &&
+        request_index(x) == VFIO_PCI_BAR2_REGION_INDEX) {
+        realized = true;
+        log_event("realized");
+        if (m && m->realized) {
+            m->realized(m);
         }
     }
     return ok;
@@ -1354,6 +1696,7 @@ static bool serve_message(void)
     memcpy(&x.command, hdr + 2, 2);
     size = rd32(hdr + 4);
     x.flags = rd32(hdr + 8);
+    x.error = rd32(hdr + 12);
     if (size < VU_HDR_SIZE || size > MAX_MSG_SIZE) {
         log_event("message %u (command %u) has size %u", x.id, x.command,
                   size);
@@ -1395,6 +1738,12 @@ static void conn_start(int sock)
     }
     memset(bar0 + STATS_BASE, 0, STATS_END - STATS_BASE);
     nr_held_replies = 0;
+    mode = MODE_SERVE;
+    realized = false;
+    nr_dma_maps = 0;
+    nr_pending = 0;
+    flood_sent = 0;
+    flood_answered = 0;
     log_event("connect");
 }
 
@@ -1422,6 +1771,11 @@ static void conn_end(void)
             close(conn.socks[i].fd);
         }
     }
+    if (flood_sent) {
+        log_event("flood sent %llu answered %llu",
+                  (unsigned long long)flood_sent,
+                  (unsigned long long)flood_answered);
+    }
     log_event("disconnect");
 }
 
@@ -1436,9 +1790,13 @@ static void serve(void)
     int what[NR_IO_FDS];
 
     for (;;) {
+        short events = mode == MODE_DEAF ? 0 : POLLIN;
         nfds_t n;
 
-        pfds[0] = (struct pollfd) { .fd = conn.sock, .events = POLLIN };
+        if (mode == MODE_FLOOD && nr_pending < FLOOD_WINDOW) {
+            events |= POLLOUT;
+        }
+        pfds[0] = (struct pollfd) { .fd = conn.sock, .events = events };
         n = 1 + io_pollfds(pfds + 1, what);
         if (poll(pfds, n, -1) < 0) {
             if (errno == EINTR) {
@@ -1448,10 +1806,676 @@ static void serve(void)
             exit(EXIT_FAILURE);
         }
         drain_io();
-        if (pfds[0].revents && !serve_message()) {
+        if (mode == MODE_DEAF) {
+            /* Until the client hangs up */
+            if (pfds[0].revents & (POLLHUP | POLLERR)) {
+                return;
+            }
+            continue;
+        }
+        if ((pfds[0].revents & POLLOUT) && !flood_more()) {
+            return;
+        }
+        if ((pfds[0].revents & ~POLLOUT) && !serve_message()) {
             return;
         }
     }
+}
+
+/*
+ * Misbehaviours: what --misbehave NAME makes the server do wrong.  Each is
+ * a row of the table below; its hooks are these small functions, their
+ * data the row's a, b, c and text.
+ */
+
+static void drop_reply_fds(struct exchange *x)
+{
+    size_t i;
+
+    for (i = 0; i < x->rep_nfds; i++) {
+        if (x->rep_fd_close[i]) {
+            close(x->rep_fds[i]);
+        }
+    }
+    x->rep_nfds = 0;
+}
+
+/* Reply hooks: @x's reply is built, its header in x->hdr */
+
+/* An error reply whose error is @a */
+static void reply_error(const struct misbehaviour *m, struct exchange *x)
+{
+    wr32(x->hdr + 4, VU_HDR_SIZE);
+    wr32(x->hdr + 8, VU_TYPE_REPLY | VU_ERROR);
+    wr32(x->hdr + 12, m->a);
+    x->send_len = VU_HDR_SIZE;
+    drop_reply_fds(x);
+}
+
+/* The header says the message has @a bytes; it has what it has */
+static void reply_size(const struct misbehaviour *m, struct exchange *x)
+{
+    wr32(x->hdr + 4, m->a);
+}
+
+/* The header says @a bytes; @b bytes of payload follow, then EOF */
+static void reply_size_eof(const struct misbehaviour *m, struct exchange *x)
+{
+    wr32(x->hdr + 4, m->a);
+    x->send_len = VU_HDR_SIZE + m->b;
+    x->hangup = true;
+}
+
+/* Only @a bytes of the payload, and a header that agrees */
+static void reply_truncate(const struct misbehaviour *m, struct exchange *x)
+{
+    if (m->a < x->send_len - VU_HDR_SIZE) {
+        x->send_len = VU_HDR_SIZE + m->a;
+    }
+    wr32(x->hdr + 4, x->send_len);
+}
+
+static void reply_command(const struct misbehaviour *m, struct exchange *x)
+{
+    wr16(x->hdr + 2, m->a);
+}
+
+static void reply_id(const struct misbehaviour *m, struct exchange *x)
+{
+    wr16(x->hdr, x->id + m->a);
+}
+
+static void reply_twice(const struct misbehaviour *m, struct exchange *x)
+{
+    x->copies = 2;
+}
+
+static void reply_flags(const struct misbehaviour *m, struct exchange *x)
+{
+    wr32(x->hdr + 8, m->a);
+}
+
+/* @a eventfds come along */
+static void reply_fds(const struct misbehaviour *m, struct exchange *x)
+{
+    uint64_t i;
+
+    for (i = 0; i < m->a; i++) {
+        int fd = eventfd(0, EFD_CLOEXEC);
+
+        if (fd >= 0) {
+            add_reply_fd(x, fd, true);
+        }
+    }
+}
+
+/* The 32-bit field at payload offset @a is @b */
+static void reply_set32(const struct misbehaviour *m, struct exchange *x)
+{
+    if (m->a + 4 <= x->send_len - VU_HDR_SIZE) {
+        wr32(x->rep + m->a, m->b);
+    }
+}
+
+/* Version @a.@b with capabilities @text (NUL-terminated unless @c) */
+static void reply_version(const struct misbehaviour *m, struct exchange *x)
+{
+    size_t len = strlen(m->text) + !m->c;
+
+    wr16(x->rep, m->a);
+    wr16(x->rep + 2, m->b);
+    memcpy(x->rep + 4, m->text, len);
+    x->send_len = VU_HDR_SIZE + 4 + len;
+    wr32(x->hdr + 4, x->send_len);
+}
+
+/* Before the reply, a request with command @a of our own */
+static void request_first(const struct misbehaviour *m, struct exchange *x)
+{
+    uint64_t payload = 0;
+
+    send_request(m->a, 0, &payload, sizeof(payload), false);
+}
+
+/* Region info hooks */
+
+static void region_size(const struct misbehaviour *m, struct region_reply *r)
+{
+    r->info.size = m->a;
+}
+
+static void region_offset(const struct misbehaviour *m,
+                          struct region_reply *r)
+{
+    r->info.offset = m->a;
+}
+
+/* Sparse mmap areas @a and @b, each AREA(offset, size); b = 0: one */
+#define AREA(offset, size)  ((uint64_t)(offset) << 32 | (size))
+static void region_areas(const struct misbehaviour *m, struct region_reply *r)
+{
+    r->areas[0].offset = m->a >> 32;
+    r->areas[0].size = (uint32_t)m->a;
+    r->areas[1].offset = m->b >> 32;
+    r->areas[1].size = (uint32_t)m->b;
+    r->nr_areas = m->b ? 2 : 1;
+}
+
+static void region_argsz(const struct misbehaviour *m, struct region_reply *r)
+{
+    r->info.argsz = m->a;
+}
+
+static void region_index(const struct misbehaviour *m, struct region_reply *r)
+{
+    r->info.index += m->a;
+}
+
+/* Setup hooks: config space, options, fds */
+
+static void set_cfg_size(const struct misbehaviour *m)
+{
+    cfg_size = m->a;
+}
+
+static void cfg_add_cap(unsigned pos, uint8_t id, uint8_t next)
+{
+    config[pos] = id;
+    config[pos + 1] = next;
+    config[CFG_STATUS] |= CFG_STATUS_CAP_LIST;
+}
+
+/*
+ * Capability pointer @a; capabilities @b and @c, each CAP(pos, id, next),
+ * or 0
+ */
+#define CAP(pos, id, next)  ((uint64_t)(pos) << 16 | (id) << 8 | (next))
+static void cfg_caps(const struct misbehaviour *m)
+{
+    uint64_t caps[] = { m->b, m->c };
+    unsigned i;
+
+    config[CFG_CAP_PTR] = m->a;
+    config[CFG_STATUS] |= CFG_STATUS_CAP_LIST;
+    for (i = 0; i < 2; i++) {
+        if (caps[i]) {
+            cfg_add_cap(caps[i] >> 16, caps[i] >> 8, caps[i]);
+        }
+    }
+}
+
+/* MSI with 64-bit addresses and per-vector masking (24 bytes) at @pos */
+static void cfg_add_msi(unsigned pos)
+{
+    config[CFG_CAP_PTR] = pos;
+    cfg_add_cap(pos, PCI_CAP_ID_MSI, 0);
+    st_le(config + pos + PCI_MSI_FLAGS, 2,
+          PCI_MSI_FLAGS_64BIT | PCI_MSI_FLAGS_MASKBIT);
+}
+
+static void cfg_msi(const struct misbehaviour *m)
+{
+    cfg_add_msi(m->a);
+}
+
+static void cfg_msi_good(const struct misbehaviour *m)
+{
+    cfg_add_msi(0x40);
+}
+
+static void cfg_add_msix(uint32_t table, uint32_t pba, uint16_t ctrl)
+{
+    config[CFG_CAP_PTR] = 0x40;
+    cfg_add_cap(0x40, PCI_CAP_ID_MSIX, 0);
+    st_le(config + 0x40 + PCI_MSIX_FLAGS, 2, ctrl);
+    st_le(config + 0x40 + PCI_MSIX_TABLE, 4, table);
+    st_le(config + 0x40 + PCI_MSIX_PBA, 4, pba);
+}
+
+/* MSI-X at 0x40: table @a and PBA @b (offset | BIR), control @c */
+static void cfg_msix(const struct misbehaviour *m)
+{
+    cfg_add_msix(m->a, m->b, m->c);
+}
+
+/* Four vectors, table and PBA in BAR0 */
+static void cfg_msix_good(const struct misbehaviour *m)
+{
+    cfg_add_msix(0x400, 0x600, 3);
+}
+
+/*
+ * PCI Express: 4 KiB of config space, a PCIe capability (an endpoint) at
+ * 0x40, extended capabilities @b and @c, each ECAP(pos, id, next)
+ */
+#define ECAP(pos, id, next) \
+    ((uint64_t)(pos) << 32 | (uint32_t)(next) << 20 | 1 << 16 | (id))
+static void cfg_ecaps(const struct misbehaviour *m)
+{
+    uint64_t ecaps[] = { m->b, m->c };
+    unsigned i;
+
+    cfg_size = CFG_MAX;
+    config[CFG_CAP_PTR] = 0x40;
+    cfg_add_cap(0x40, PCI_CAP_ID_EXP, 0);
+    st_le(config + 0x40 + PCI_EXP_FLAGS, 2, 2);  /* v2, endpoint */
+    for (i = 0; i < 2; i++) {
+        if (ecaps[i]) {
+            st_le(config + (ecaps[i] >> 32), 4, (uint32_t)ecaps[i]);
+        }
+    }
+}
+
+/* A ROM of @b bytes whose BAR keeps address bits @a */
+static void rom(const struct misbehaviour *m)
+{
+    rom_mask = m->a;
+    rom_size = m->b;
+}
+
+/* What BAR2's mmap() gets instead of its memory */
+enum {
+    OFFER_SOCKET,
+    OFFER_PIPE,
+    OFFER_EVENTFD,
+    OFFER_SHORT_MEMFD,      /* ends where the mmap()able area starts */
+    OFFER_TMPFILE,          /* a regular file, unsealed */
+    OFFER_SEALED_MEMFD,     /* the good case */
+};
+
+static int make_tmpfile(void)
+{
+    char path[] = "/tmp/vfio-user-raw-XXXXXX";
+    int fd = open("/tmp", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+
+    if (fd < 0) {
+        fd = mkostemp(path, O_CLOEXEC);
+        if (fd >= 0) {
+            unlink(path);
+        }
+    }
+    return fd;
+}
+
+static void offer_fd(const struct misbehaviour *m)
+{
+    int fds[2] = { -1, -1 }, fd = -1;
+
+    switch (m->a) {
+    case OFFER_SOCKET:
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0) {
+            fd = fds[0];
+        }
+        break;
+    case OFFER_PIPE:
+        if (pipe2(fds, O_CLOEXEC) == 0) {
+            fd = fds[0];
+        }
+        break;
+    case OFFER_EVENTFD:
+        fd = eventfd(0, EFD_CLOEXEC);
+        break;
+    case OFFER_SHORT_MEMFD:
+        fd = memfd_create("vfio-user-raw-short", MFD_CLOEXEC);
+        if (fd >= 0 && ftruncate(fd, BAR2_MMAP_OFFSET) < 0) {
+            fd = -1;
+        }
+        break;
+    case OFFER_TMPFILE:
+        fd = make_tmpfile();
+        if (fd >= 0 && ftruncate(fd, BAR2_SIZE) < 0) {
+            fd = -1;
+        }
+        break;
+    case OFFER_SEALED_MEMFD:
+        fd = memfd_create("vfio-user-raw-sealed",
+                          MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd >= 0 && (ftruncate(fd, BAR2_SIZE) < 0 ||
+                        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0)) {
+            fd = -1;
+        }
+        break;
+    }
+    if (fd < 0) {
+        perror("vfio-user-raw-server: an fd to offer");
+        exit(EXIT_FAILURE);
+    }
+    bar2_offer_fd = fd;
+}
+
+/* io fd entries @text (--iofd specs separated by ';'), stride @a */
+static void parse_iofd(const char *arg);
+static void add_iofds(const struct misbehaviour *m)
+{
+    char *specs = strdup(m->text), *save = NULL, *spec;
+
+    for (spec = strtok_r(specs, ";", &save); spec;
+         spec = strtok_r(NULL, ";", &save)) {
+        parse_iofd(spec);
+    }
+    free(specs);
+    if (m->a) {
+        iofds_stride = m->a;
+    }
+}
+
+/* Answer every message @a ms late, unless --delay-ms says otherwise */
+static void set_delay(const struct misbehaviour *m)
+{
+    if (!delay_ms) {
+        delay_ms = m->a;
+    }
+}
+
+/* Once realized */
+
+/* A request with command @c (DMA_READ or DMA_WRITE) at @a of @b bytes */
+static void dma_request(const struct misbehaviour *m)
+{
+    send_dma(m->c, 0, m->a, m->b, false);
+}
+
+/* Request @a, which nobody knows */
+static void unknown_request(const struct misbehaviour *m)
+{
+    uint64_t payload = 0;
+
+    send_request(m->a, 0, &payload, sizeof(payload), false);
+}
+
+/* DMA_WRITE with NO_REPLY, then a DMA_READ of what it wrote */
+static void no_reply_write(const struct misbehaviour *m)
+{
+    uint64_t addr = dma_target(8);
+
+    send_dma(VU_DMA_WRITE, VU_NO_REPLY, addr, 8, false);
+    send_dma(VU_DMA_READ, 0, addr, 8, false);
+}
+
+static void start_flood(const struct misbehaviour *m)
+{
+    mode = MODE_FLOOD;
+}
+
+/* @b DMA_READs of @a bytes of mapped memory, then read nothing more */
+static void go_deaf(const struct misbehaviour *m)
+{
+    uint64_t i;
+
+    for (i = 0; i < m->b; i++) {
+        send_dma(VU_DMA_READ, 0, dma_target(m->a), m->a, false);
+    }
+    mode = MODE_DEAF;
+}
+
+static void go_mute(const struct misbehaviour *m)
+{
+    mode = MODE_MUTE;
+}
+
+/* An error reply with @value to @command (for @index) */
+#define ERRNO_ROW(name, what, command_, index_, value) \
+    { name, what " fails with error " #value, .command = command_, \
+      .index = index_, .reply = reply_error, .a = value }
+#define ERRNO_BAR0          INDEX(VFIO_PCI_BAR0_REGION_INDEX)
+#define ERRNO_CFG           INDEX(VFIO_PCI_CONFIG_REGION_INDEX)
+
+#define MSIX_IRQ            INDEX(VFIO_PCI_MSIX_IRQ_INDEX)
+#define BAR2                INDEX(VFIO_PCI_BAR2_REGION_INDEX)
+#define CAP_ID_OTHER        PCI_CAP_ID_SSVID    /* one QEMU just copies */
+
+static const struct misbehaviour misbehaviours[] = {
+    /* Error values that are no errno, or none */
+    ERRNO_ROW("errno-high-version", "VERSION", VU_VERSION, 0, 0x80000001),
+    ERRNO_ROW("errno-high-get-info", "DEVICE_GET_INFO", VU_DEVICE_GET_INFO, 0,
+              0x80000001),
+    ERRNO_ROW("errno-high-bar-read", "REGION_READ of BAR0", VU_REGION_READ,
+              ERRNO_BAR0, 0x80000001),
+    ERRNO_ROW("errno-high-cfg-info", "GET_REGION_INFO of config space",
+              VU_DEVICE_GET_REGION_INFO, ERRNO_CFG, 0x80000001),
+    ERRNO_ROW("errno-ones-version", "VERSION", VU_VERSION, 0, 0xffffffff),
+    ERRNO_ROW("errno-ones-get-info", "DEVICE_GET_INFO", VU_DEVICE_GET_INFO, 0,
+              0xffffffff),
+    ERRNO_ROW("errno-ones-bar-read", "REGION_READ of BAR0", VU_REGION_READ,
+              ERRNO_BAR0, 0xffffffff),
+    ERRNO_ROW("errno-ones-cfg-info", "GET_REGION_INFO of config space",
+              VU_DEVICE_GET_REGION_INFO, ERRNO_CFG, 0xffffffff),
+    ERRNO_ROW("errno-zero-version", "VERSION", VU_VERSION, 0, 0),
+    ERRNO_ROW("errno-zero-get-info", "DEVICE_GET_INFO", VU_DEVICE_GET_INFO, 0,
+              0),
+    ERRNO_ROW("errno-zero-bar-read", "REGION_READ of BAR0", VU_REGION_READ,
+              ERRNO_BAR0, 0),
+    ERRNO_ROW("errno-zero-cfg-info", "GET_REGION_INFO of config space",
+              VU_DEVICE_GET_REGION_INFO, ERRNO_CFG, 0),
+    ERRNO_ROW("errno-4096-version", "VERSION", VU_VERSION, 0, 4096),
+    ERRNO_ROW("errno-4096-get-info", "DEVICE_GET_INFO", VU_DEVICE_GET_INFO, 0,
+              4096),
+    ERRNO_ROW("errno-4096-bar-read", "REGION_READ of BAR0", VU_REGION_READ,
+              ERRNO_BAR0, 4096),
+    ERRNO_ROW("errno-4096-cfg-info", "GET_REGION_INFO of config space",
+              VU_DEVICE_GET_REGION_INFO, ERRNO_CFG, 4096),
+
+    /* Headers and sizes */
+    { "hdr-size-small", "DEVICE_GET_INFO's reply says it has 8 bytes",
+      .command = VU_DEVICE_GET_INFO, .reply = reply_size, .a = 8 },
+    { "hdr-size-huge", "DEVICE_GET_INFO's reply says 1 MiB + 4 KiB + 17",
+      .command = VU_DEVICE_GET_INFO, .reply = reply_size,
+      .a = MAX_XFER + 4096 + VU_HDR_SIZE + 1 },
+    { "hdr-size-eof", "DEVICE_GET_INFO's reply says 96 bytes, has 32, EOF",
+      .command = VU_DEVICE_GET_INFO, .reply = reply_size_eof,
+      .a = 96, .b = 16 },
+    { "hdr-truncated", "DEVICE_GET_INFO's reply has 8 of its 16 bytes",
+      .command = VU_DEVICE_GET_INFO, .reply = reply_truncate, .a = 8 },
+    { "hdr-wrong-command", "DEVICE_GET_INFO's reply is for another command",
+      .command = VU_DEVICE_GET_INFO, .reply = reply_command,
+      .a = VU_DEVICE_GET_REGION_INFO },
+    { "hdr-unknown-id", "DEVICE_GET_INFO's reply has an id never used",
+      .command = VU_DEVICE_GET_INFO, .reply = reply_id, .a = 1000 },
+    { "hdr-dup-reply", "DEVICE_GET_INFO is answered twice",
+      .command = VU_DEVICE_GET_INFO, .reply = reply_twice },
+    { "hdr-bad-type", "DEVICE_GET_INFO's reply has message type 7",
+      .command = VU_DEVICE_GET_INFO, .reply = reply_flags, .a = 7 },
+    { "req-unknown-cmd", "before answering DEVICE_GET_INFO, send command 119",
+      .command = VU_DEVICE_GET_INFO, .reply = request_first, .a = 119 },
+    { "req-unknown-idle", "once realized, send command 119",
+      .realized = unknown_request, .a = 119 },
+    { "req-no-reply", "once realized, DMA_WRITE with NO_REPLY, then read it",
+      .realized = no_reply_write },
+
+    /* Fds */
+    { "fds-get-info", "DEVICE_GET_INFO's reply carries 3 eventfds",
+      .command = VU_DEVICE_GET_INFO, .reply = reply_fds, .a = 3 },
+    { "fds-too-many", "DEVICE_GET_INFO's reply carries 9 eventfds",
+      .command = VU_DEVICE_GET_INFO, .reply = reply_fds, .a = MAX_MSG_FDS + 1 },
+    { "mmap-fd-socket", "BAR2's mmap() fd is a socket",
+      .setup = offer_fd, .a = OFFER_SOCKET },
+    { "mmap-fd-pipe", "BAR2's mmap() fd is a pipe",
+      .setup = offer_fd, .a = OFFER_PIPE },
+    { "mmap-fd-eventfd", "BAR2's mmap() fd is an eventfd",
+      .setup = offer_fd, .a = OFFER_EVENTFD },
+    { "mmap-fd-short", "BAR2's mmap() fd ends where its area starts",
+      .setup = offer_fd, .a = OFFER_SHORT_MEMFD },
+    { "mmap-fd-tmpfile", "BAR2's mmap() fd is an unsealed file in /tmp",
+      .setup = offer_fd, .a = OFFER_TMPFILE },
+    { "mmap-fd-sealed", "BAR2's mmap() fd is a memfd sealed against shrinking",
+      .setup = offer_fd, .a = OFFER_SEALED_MEMFD },
+
+    /* Region info */
+    { "region-size-max", "BAR0 has 2^64 - 1 bytes",
+      .index = INDEX(0), .region = region_size, .a = UINT64_MAX },
+    { "region-size-2p63", "BAR0 has 2^63 + 1 bytes",
+      .index = INDEX(0), .region = region_size, .a = (1ull << 63) + 1 },
+    { "region-offset-max", "BAR2's offset wraps with its mmap() area's",
+      .index = BAR2, .region = region_offset, .a = 0xfffffffffffff000ull },
+    { "sparse-overlap", "BAR2's two mmap() areas overlap",
+      .index = BAR2, .region = region_areas,
+      .a = AREA(0x1000, 0x1000), .b = AREA(0x1800, 0x800) },
+    { "sparse-beyond", "BAR2's mmap() area runs past the region",
+      .index = BAR2, .region = region_areas, .a = AREA(0x1000, 0x2000) },
+    { "region-argsz-huge", "BAR2's info has argsz 0xffffffff",
+      .index = BAR2, .region = region_argsz, .a = UINT32_MAX },
+    { "region-index-wrong", "BAR0's info says it is region 1's",
+      .index = INDEX(0), .region = region_index, .a = 1 },
+    { "bar-size-npot", "BAR0 has 0x1800 bytes, not a power of two",
+      .index = INDEX(0), .region = region_size, .a = 0x1800 },
+    { "cfg-size-0", "config space has 0 bytes",
+      .setup = set_cfg_size, .a = 0 },
+    { "cfg-size-16", "config space has 16 bytes",
+      .setup = set_cfg_size, .a = 16 },
+    { "cfg-size-255", "config space has 255 bytes",
+      .setup = set_cfg_size, .a = 255 },
+    { "cfg-size-1000", "config space has 1000 bytes",
+      .setup = set_cfg_size, .a = 1000 },
+    { "cfg-size-8192", "config space has 8192 bytes",
+      .setup = set_cfg_size, .a = 8192 },
+
+    /* Config space */
+    { "cap-loop-self", "a capability that is its own next",
+      .setup = cfg_caps, .a = 0x40, .b = CAP(0x40, CAP_ID_OTHER, 0x40) },
+    { "cap-loop-two", "two capabilities that are each other's next",
+      .setup = cfg_caps, .a = 0x40, .b = CAP(0x40, CAP_ID_OTHER, 0x50),
+      .c = CAP(0x50, CAP_ID_OTHER, 0x40) },
+    { "cap-ptr-ff", "the capability pointer is 0xff",
+      .setup = cfg_caps, .a = 0xff },
+    { "cap-ptr-3e", "the capability pointer is 0x3e, unaligned",
+      .setup = cfg_caps, .a = 0x3e },
+    { "cap-ptr-header", "the capability pointer is 0x20, in the header",
+      .setup = cfg_caps, .a = 0x20 },
+    { "cap-next-unaligned", "a capability's next is 0x45",
+      .setup = cfg_caps, .a = 0x40, .b = CAP(0x40, CAP_ID_OTHER, 0x45) },
+    { "msi-at-fc", "an MSI capability (24 bytes) at 0xfc",
+      .setup = cfg_msi, .a = 0xfc },
+    { "msix-bir-6", "MSI-X table BIR 6",
+      .setup = cfg_msix, .a = 0x400 | 6, .b = 0x600, .c = 3 },
+    { "msix-bir-7", "MSI-X table BIR 7",
+      .setup = cfg_msix, .a = 0x400 | 7, .b = 0x600, .c = 3 },
+    { "msix-bar-absent", "MSI-X table in BAR3, which has no size",
+      .setup = cfg_msix, .a = 0x0 | 3, .b = 0x600, .c = 3 },
+    { "msix-table-beyond", "MSI-X table (16 vectors) past the end of BAR0",
+      .setup = cfg_msix, .a = 0xf80, .b = 0x600, .c = 15 },
+    { "msix-pba-bir-7", "MSI-X PBA BIR 7",
+      .setup = cfg_msix, .a = 0x400, .b = 0x600 | 7, .c = 3 },
+    { "ecap-loop-self", "an extended capability that is its own next",
+      .setup = cfg_ecaps,
+      .b = ECAP(0x100, PCI_EXT_CAP_ID_DSN, 0x100) },
+    { "ecap-loop-two", "two extended capabilities each other's next",
+      .setup = cfg_ecaps,
+      .b = ECAP(0x100, PCI_EXT_CAP_ID_DSN, 0x200),
+      .c = ECAP(0x200, PCI_EXT_CAP_ID_DSN, 0x100) },
+    { "ecap-below", "an extended capability's next is 0x80",
+      .setup = cfg_ecaps, .b = ECAP(0x100, PCI_EXT_CAP_ID_DSN, 0x80) },
+    { "rom-npot", "the ROM BAR sizes as 0x1800 bytes",
+      .setup = rom, .a = 0xffffe800, .b = 0x2000 },
+
+    /* IRQ info */
+    { "irq-msi-count", "MSI has 0xffffffff vectors",
+      .setup = cfg_msi_good, .command = VU_DEVICE_GET_IRQ_INFO,
+      .index = INDEX(VFIO_PCI_MSI_IRQ_INDEX), .reply = reply_set32,
+      .a = 12, .b = UINT32_MAX },
+    { "irq-msix-count", "MSI-X has 0xffffffff vectors",
+      .setup = cfg_msix_good, .command = VU_DEVICE_GET_IRQ_INFO,
+      .index = MSIX_IRQ, .reply = reply_set32, .a = 12, .b = UINT32_MAX },
+    { "irq-index-wrong", "MSI-X's IRQ info says it is MSI's",
+      .setup = cfg_msix_good, .command = VU_DEVICE_GET_IRQ_INFO,
+      .index = MSIX_IRQ, .reply = reply_set32,
+      .a = 8, .b = VFIO_PCI_MSI_IRQ_INDEX },
+    { "irq-flags-garbage", "every IRQ info has flags 0xffffffff",
+      .setup = cfg_msix_good, .command = VU_DEVICE_GET_IRQ_INFO,
+      .reply = reply_set32, .a = 4, .b = UINT32_MAX },
+    { "irq-err-count", "the error IRQ has 0xffffffff vectors",
+      .command = VU_DEVICE_GET_IRQ_INFO,
+      .index = INDEX(VFIO_PCI_ERR_IRQ_INDEX), .reply = reply_set32,
+      .a = 12, .b = UINT32_MAX },
+
+    /* GET_REGION_IO_FDS */
+    { "iofds-argsz-small", "BAR0's io fds: argsz holds 1 of the 2 entries",
+      .setup = add_iofds,
+      .text = "0,ioeventfd,offset=0x100;0,ioeventfd,offset=0x104",
+      .command = VU_DEVICE_GET_REGION_IO_FDS, .index = INDEX(0),
+      .reply = reply_set32, .a = 0, .b = IOFD_HDR_SIZE + ENTRY40_SIZE },
+    { "iofds-count-huge", "BAR0's io fds: count 0xffffffff",
+      .setup = add_iofds, .text = "0,ioeventfd,offset=0x100",
+      .command = VU_DEVICE_GET_REGION_IO_FDS, .index = INDEX(0),
+      .reply = reply_set32, .a = 12, .b = UINT32_MAX },
+    { "iofds-beyond", "BAR0's io fd entry runs past the region",
+      .setup = add_iofds, .text = "0,ioeventfd,offset=0xffe,size=4" },
+    { "iofds-stride-44", "BAR0's io fd entries are 44 bytes apart",
+      .setup = add_iofds, .text = "0,ioeventfd,offset=0x100", .a = 44 },
+
+    /* DMA requests */
+    { "dma-read-unmapped", "once realized, DMA_READ of unmapped 0xd0000000",
+      .realized = dma_request, .c = VU_DMA_READ, .a = 0xd0000000, .b = 16 },
+    { "dma-write-ram-end", "once realized, DMA_WRITE across RAM's end",
+      .realized = dma_request, .c = VU_DMA_WRITE,
+      .a = 128 * 1024 * 1024 - 8, .b = 16 },
+    { "dma-read-count-max", "once realized, DMA_READ of 0xffffffff bytes",
+      .realized = dma_request, .c = VU_DMA_READ, .a = DMA_ADDR,
+      .b = UINT32_MAX },
+    { "dma-write-wrap", "once realized, DMA_WRITE from 2^64 - 8 of 16 bytes",
+      .realized = dma_request, .c = VU_DMA_WRITE, .a = UINT64_MAX - 7,
+      .b = 16 },
+    { "dma-read-too-big", "once realized, DMA_READ of 1 MiB + 1 bytes",
+      .realized = dma_request, .c = VU_DMA_READ, .a = DMA_ADDR,
+      .b = MAX_XFER + 1 },
+
+    /* Capabilities in the VERSION reply */
+    { "caps-no-nul", "capabilities without their NUL",
+      .command = VU_VERSION, .reply = reply_version,
+      .a = VU_MAJOR, .b = VU_MINOR, .text = VU_CAPS_JSON, .c = 1 },
+    { "caps-not-json", "capabilities that are not JSON",
+      .command = VU_VERSION, .reply = reply_version,
+      .a = VU_MAJOR, .b = VU_MINOR, .text = "capabilities: none" },
+    { "caps-max-fds-0", "max_msg_fds 0",
+      .command = VU_VERSION, .reply = reply_version,
+      .a = VU_MAJOR, .b = VU_MINOR,
+      .text = "{\"capabilities\":{\"max_msg_fds\":0}}" },
+    { "caps-xfer-2p40", "max_data_xfer_size 2^40",
+      .command = VU_VERSION, .reply = reply_version,
+      .a = VU_MAJOR, .b = VU_MINOR,
+      .text = "{\"capabilities\":{\"max_data_xfer_size\":1099511627776}}" },
+    { "caps-xfer-string", "max_data_xfer_size is a string",
+      .command = VU_VERSION, .reply = reply_version,
+      .a = VU_MAJOR, .b = VU_MINOR,
+      .text = "{\"capabilities\":{\"max_data_xfer_size\":\"1048576\"}}" },
+    { "version-major-2", "protocol version 2.1",
+      .command = VU_VERSION, .reply = reply_version,
+      .a = 2, .b = VU_MINOR, .text = VU_CAPS_JSON },
+    { "version-minor-9999", "protocol version 0.9999",
+      .command = VU_VERSION, .reply = reply_version,
+      .a = VU_MAJOR, .b = 9999, .text = VU_CAPS_JSON },
+    { "version-short", "VERSION's reply has 2 bytes",
+      .command = VU_VERSION, .reply = reply_truncate, .a = 2 },
+
+    /* Liveness */
+    { "flood-dma", "once realized, 8-byte DMA_READs without end",
+      .realized = start_flood },
+    { "stall-big-dma", "once realized, 4 DMA_READs of 1 MiB, then read "
+      "nothing more", .realized = go_deaf, .a = MAX_XFER, .b = 4 },
+    { "slow-replies", "answer every message 400 ms late (or --delay-ms)",
+      .setup = set_delay, .a = 400 },
+    { "mute-after-realize", "once realized, answer nothing more",
+      .realized = go_mute },
+};
+
+static void list_misbehaviours(void)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(misbehaviours) / sizeof(misbehaviours[0]); i++) {
+        printf("%-20s %s\n", misbehaviours[i].name, misbehaviours[i].what);
+    }
+}
+
+static const struct misbehaviour *find_misbehaviour(const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(misbehaviours) / sizeof(misbehaviours[0]); i++) {
+        if (!strcmp(misbehaviours[i].name, name)) {
+            return &misbehaviours[i];
+        }
+    }
+    return NULL;
 }
 
 /*
@@ -1471,7 +2495,8 @@ static void usage_error(const char *fmt, ...)
     va_end(ap);
     fputs("\nusage: vfio-user-raw-server [--iofd SPEC]... "
           "[--iofds-stride N] [--iofds-error ERRNO] [--fail-write OFFSET] "
-          "[--hold-write-replies N] [--log FILE] SOCKET_PATH\n", stderr);
+          "[--hold-write-replies N] [--misbehave NAME] [--delay-ms N] "
+          "[--log FILE] SOCKET_PATH\n", stderr);
     exit(2);
 }
 
@@ -1659,6 +2684,8 @@ int main(int argc, char **argv)
         { "iofds-error", required_argument, NULL, 'e' },
         { "fail-write", required_argument, NULL, 'f' },
         { "hold-write-replies", required_argument, NULL, 'h' },
+        { "misbehave", required_argument, NULL, 'm' },
+        { "delay-ms", required_argument, NULL, 'd' },
         { "log", required_argument, NULL, 'l' },
         { NULL, 0, NULL, 0 },
     };
@@ -1687,6 +2714,22 @@ int main(int argc, char **argv)
             hold_write_replies = parse_number("--hold-write-replies", optarg,
                                               MAX_HELD_REPLIES);
             break;
+        case 'm':
+            if (misbehaviour) {
+                usage_error("one --misbehave at a time");
+            }
+            if (!strcmp(optarg, "help")) {
+                list_misbehaviours();
+                exit(0);
+            }
+            misbehaviour = find_misbehaviour(optarg);
+            if (!misbehaviour) {
+                usage_error("no misbehaviour '%s'", optarg);
+            }
+            break;
+        case 'd':
+            delay_ms = parse_number("--delay-ms", optarg, 60000);
+            break;
         case 'l':
             log_file = fopen(optarg, "a");
             if (!log_file) {
@@ -1701,13 +2744,21 @@ int main(int argc, char **argv)
     if (optind != argc - 1) {
         usage_error("one SOCKET_PATH, please");
     }
+    config_init();
+    if (misbehaviour && misbehaviour->setup) {
+        misbehaviour->setup(misbehaviour);
+    }
     check_iofds();
 
     /* A client that drops us must not kill us: we serve the next one */
     signal(SIGPIPE, SIG_IGN);
-    config_init();
-    bar2_fd = memfd_create("vfio-user-raw-bar2", MFD_CLOEXEC);
-    if (bar2_fd < 0 || ftruncate(bar2_fd, BAR2_SIZE) < 0) {
+    /* A test that dies (or times out) must not leave us behind */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* Sealed, as a server should: the client may map it */
+    bar2_fd = memfd_create("vfio-user-raw-bar2",
+                           MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (bar2_fd < 0 || ftruncate(bar2_fd, BAR2_SIZE) < 0 ||
+        fcntl(bar2_fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0) {
         perror("vfio-user-raw-server: memfd for BAR2");
         return EXIT_FAILURE;
     }

@@ -298,27 +298,45 @@ static void test_null_config_only(void)
     test_dev_stop(&t);
 }
 
-/* The server sample offers its BAR1 first and last pages for mmap() */
-static void test_server_sparse_mmap(void)
+/*
+ * The server sample offers its BAR1 first and last pages for mmap(), from
+ * a file it cannot seal against shrinking: mapped only when the user
+ * trusts the server's files, else reached with messages.
+ */
+static void check_server_sparse_mmap(bool unsealed)
 {
     TestDev t = { .server = sample_start("server", true) };
     g_autofree char *mtree = NULL;
     QPCIBar bar1;
 
-    if (!guest_start(&t, "pc", "")) {
+    if (!guest_start(&t, "pc", unsealed ? ",x-mmap-unsealed=on" : "")) {
         return;
     }
     bar1 = qpci_iomap(t.dev, 1, NULL);
 
     mtree = qtest_hmp(t.qts, "info mtree");
-    g_assert_nonnull(strstr(mtree, "BAR 1 mmaps[0]"));
-    g_assert_nonnull(strstr(mtree, "BAR 1 mmaps[1]"));
-    g_assert_null(strstr(mtree, "BAR 1 mmaps[2]"));
+    if (unsealed) {
+        g_assert_nonnull(strstr(mtree, "BAR 1 mmaps[0]"));
+        g_assert_nonnull(strstr(mtree, "BAR 1 mmaps[1]"));
+        g_assert_null(strstr(mtree, "BAR 1 mmaps[2]"));
+    } else {
+        g_assert_null(strstr(mtree, "BAR 1 mmaps"));
+    }
 
     /* An I/O BAR: 4 bytes at most */
     qpci_io_writel(t.dev, bar1, 0, 0x89abcdef);
     g_assert_cmphex(qpci_io_readl(t.dev, bar1, 0), ==, 0x89abcdef);
     test_dev_stop(&t);
+}
+
+static void test_server_sparse_mmap(void)
+{
+    check_server_sparse_mmap(true);
+}
+
+static void test_server_unsealed_not_mapped(void)
+{
+    check_server_sparse_mmap(false);
 }
 
 /*
@@ -1351,7 +1369,7 @@ static void test_error_caps_type(void)
 static void test_error_timeout(void)
 {
     check_bad_server(BAD_SILENT, ",x-request-timeout-ms=300",
-                     "no message from the server within 300 ms");
+                     "setting up the device took longer than 300 ms");
 }
 
 /*
@@ -1382,9 +1400,15 @@ typedef struct RawDev {
     QPCIBar bar1;
 } RawDev;
 
-static TestServer *raw_server_start(const char *log, const char *const *args)
+static const char *raw_server_path(void)
 {
     const char *path = g_getenv("VFIO_USER_RAW_SERVER");
+
+    return path ? path : "tests/qtest/vfio-user-raw-server";
+}
+
+static TestServer *raw_server_start(const char *log, const char *const *args)
+{
     g_autoptr(GPtrArray) argv = g_ptr_array_new();
 
     g_ptr_array_add(argv, (char *)"--log");
@@ -1393,9 +1417,8 @@ static TestServer *raw_server_start(const char *log, const char *const *args)
         g_ptr_array_add(argv, (char *)*args++);
     }
     g_ptr_array_add(argv, NULL);
-    return server_start_args(path ? path : "tests/qtest/vfio-user-raw-server",
-                             "vfio-user raw test server", false,
-                             (const char *const *)argv->pdata);
+    return server_start_args(raw_server_path(), "vfio-user raw test server",
+                             false, (const char *const *)argv->pdata);
 }
 
 /* The raw server with @args, and a QEMU whose device has @extra */
@@ -1977,13 +2000,30 @@ static void test_raw_reset_unplug(void)
 }
 
 /* A server that dies takes its fds with it, while the device stays */
+/* Management hears of a lost server: which device, which socket, why */
+static void raw_expect_disconnected(RawDev *r, const char *reason)
+{
+    QDict *ev = qtest_qmp_eventwait_ref(r->qts, "VFIO_USER_DISCONNECTED");
+    QDict *data = qdict_get_qdict(ev, "data");
+
+    g_assert_cmpstr(qdict_get_str(data, "device-id"), ==, "rawdev");
+    g_assert_cmpstr(qdict_get_str(data, "qom-path"), ==,
+                    "/machine/peripheral/rawdev");
+    g_assert_cmpstr(qdict_get_str(data, "socket"), ==, r->server->sock);
+    if (!strstr(qdict_get_str(data, "reason"), reason)) {
+        g_error("reason '%s' does not say '%s'",
+                qdict_get_str(data, "reason"), reason);
+    }
+    qobject_unref(ev);
+}
+
 static void test_raw_server_death(void)
 {
     int eventfds, sockets, i;
     RawDev r;
     pid_t pid;
 
-    if (!raw_dev_start(&r, "", raw_lifecycle_args)) {
+    if (!raw_dev_start(&r, ",id=rawdev", raw_lifecycle_args)) {
         return;
     }
     raw_ring_all(&r, 1);
@@ -1993,6 +2033,7 @@ static void test_raw_server_death(void)
 
     kill(r.server->pid, SIGKILL);
     waitpid(r.server->pid, NULL, 0);
+    raw_expect_disconnected(&r, "the server closed the connection");
     g_assert_cmphex(qpci_io_readl(r.dev, r.bar0, 0x200), ==, 0xffffffff);
     qpci_io_writel(r.dev, r.bar0, 0x108, 1);
     /* The fds go from a bottom half, once the main loop sees the EOF */
@@ -2008,6 +2049,669 @@ static void test_raw_server_death(void)
     g_assert_cmpint(count_fds_of_kind(pid, SOCKET), ==, sockets - 2);
     raw_expect_stderr(&r, "the device is disconnected");
     raw_dev_stop(&r);
+}
+
+/*
+ * A server that stops answering is disconnected at its first missed
+ * reply: the guest's access that waited gets all ones, and so do the
+ * following ones, at once, without a timeout each.
+ */
+static void test_raw_server_hang(void)
+{
+    g_autofree char *text = NULL;
+    const char *p;
+    int said = 0;
+    RawDev r;
+
+    if (!raw_dev_start(&r, ",id=rawdev,x-request-timeout-ms=300", NULL)) {
+        return;
+    }
+    qpci_io_writel(r.dev, r.bar0, 0, 0x12345678);
+    g_assert_cmphex(qpci_io_readl(r.dev, r.bar0, 0), ==, 0x12345678);
+
+    kill(r.server->pid, SIGSTOP);
+    g_assert_cmphex(qpci_io_readl(r.dev, r.bar0, 0), ==, 0xffffffff);
+    raw_expect_disconnected(&r, "within 300 ms");
+    g_assert_cmphex(qpci_io_readl(r.dev, r.bar0, 0), ==, 0xffffffff);
+    qpci_io_writel(r.dev, r.bar0, 0, 1);
+    g_assert_cmphex(qpci_config_readw(r.dev, PCI_VENDOR_ID), ==, 0xffff);
+    /* Said once, not once per access */
+    text = raw_qemu_stderr(&r);
+    for (p = text; (p = strstr(p, "the device is disconnected")); p++) {
+        said++;
+    }
+    g_assert_cmpint(said, ==, 1);
+    kill(r.server->pid, SIGCONT);
+    raw_dev_stop(&r);
+}
+
+/*
+ * Hostile servers: the raw server with --misbehave NAME, one row of the
+ * table below per misbehaviour (its list is in vfio-user-raw-server.c).
+ * Each row hot-plugs vfio-user-pci on a PCIe root port of a q35 machine
+ * (ACPI hotplug, so that unplug needs no guest) with a short request
+ * timeout, checks the outcome the row expects, unplugs, and then checks
+ * that QEMU runs, answers query-status within a second and holds as many
+ * fds as before the row.
+ *
+ * Each row runs in a subprocess of its own, with its own QEMU: a row that
+ * crashes QEMU, or loops it with the BQL held, fails alone, by its
+ * timeout, instead of taking the rows after it down; and the fd count of
+ * a QEMU that saw one device is exact.  The parent prints what the row
+ * left behind (its last stage, QEMU's stderr, the server's log) when it
+ * fails.
+ *
+ * Rows marked NEW expect behaviour or wording that came with the
+ * hardening against hostile servers (a bad value gives an error naming
+ * the field and its value, or a feature disabled with a warning); the
+ * others held before it.  Expected texts may list alternatives,
+ * separated by '|'.
+ */
+#define HOSTILE_TIMEOUT_MS  500
+#define HOSTILE_ROW_US      (30 * G_USEC_PER_SEC)
+#define HOSTILE_RP_DEVFN    QPCI_DEVFN(2, 0)
+#define HOSTILE_DEVFN       (1 << 8)        /* bus 1, behind the port */
+#define HOSTILE_RAM         (128 * 1024 * 1024)
+#define HOSTILE_DMA_ADDR    0x100000        /* where the server's DMA goes */
+#define HOSTILE_DMA_PATTERN 0x1122334455667788ull
+#define ACPI_PCIHP_ICH9     0x0cc0
+#define ACPI_PCIHP_EJ       0x08
+#define ACPI_PCIHP_SEL      0x10
+
+/*
+ * FAILS_LATER: device_add works, then BAR0 reads all ones (or config
+ * space does: the device failed before we got there)
+ */
+typedef enum {
+    HOSTILE_WORKS,          /* BAR0 and BAR2 keep what is written */
+    HOSTILE_REALIZE_FAILS,  /* device_add fails, saying @expect */
+    HOSTILE_FAILS_LATER,
+} HostileOutcome;
+
+typedef struct Hostile Hostile;
+
+typedef struct HostileCase {
+    const char *name;           /* the server's --misbehave NAME */
+    HostileOutcome outcome;
+    const char *expect;         /* in device_add's error */
+    const char *warn;           /* on QEMU's stderr */
+    const char *log;            /* in the server's log, in time */
+    void (*check)(Hostile *h);  /* more, with the device still there */
+    void (*check_end)(Hostile *h);  /* more, after unplug */
+} HostileCase;
+
+struct Hostile {
+    const HostileCase *c;
+    char *dir;
+    char *log;
+    char *qemu_err;
+    TestServer *server;
+    QTestState *qts;
+    QPCIBus *bus;
+    QPCIDevice *dev;
+    QPCIBar bar0;
+    QPCIBar bar2;
+    bool added;
+};
+
+/* Does @text hold one of @alternatives (separated by '|')? */
+static bool hostile_contains(const char *text, const char *alternatives)
+{
+    g_auto(GStrv) alt = g_strsplit(alternatives, "|", -1);
+    int i;
+
+    for (i = 0; alt[i]; i++) {
+        if (strstr(text, alt[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* What the parent prints if the row fails: how far it got */
+static void hostile_stage(Hostile *h, const char *fmt, ...)
+    G_GNUC_PRINTF(2, 3);
+
+static void hostile_stage(Hostile *h, const char *fmt, ...)
+{
+    g_autofree char *path = g_build_filename(h->dir, "stage", NULL);
+    g_autofree char *line = NULL;
+    va_list ap;
+    FILE *f;
+
+    va_start(ap, fmt);
+    line = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    f = fopen(path, "a");
+    g_assert_nonnull(f);
+    fprintf(f, "%s\n", line);
+    fclose(f);
+}
+
+static char *hostile_file(const char *path)
+{
+    char *text = NULL;
+
+    if (!g_file_get_contents(path, &text, NULL, NULL)) {
+        return g_strdup("");
+    }
+    return text;
+}
+
+static int hostile_log_count(Hostile *h, const char *prefix)
+{
+    g_autofree char *log = hostile_file(h->log);
+    g_auto(GStrv) lines = g_strsplit(log, "\n", -1);
+    int i, n = 0;
+
+    for (i = 0; lines[i]; i++) {
+        n += g_str_has_prefix(lines[i], prefix);
+    }
+    return n;
+}
+
+/* The server's log comes to hold @what within WAIT_MS */
+static void hostile_wait_log(Hostile *h, const char *what)
+{
+    int i;
+
+    for (i = 0; i < WAIT_MS / 10; i++) {
+        g_autofree char *log = hostile_file(h->log);
+
+        if (hostile_contains(log, what)) {
+            return;
+        }
+        g_usleep(10 * 1000);
+    }
+    g_printerr("hostile %s: the server's log lacks '%s'\n", h->c->name,
+               what);
+    g_assert_not_reached();
+}
+
+/* QMP answers query-status, within a second; how long it took (us) */
+static gint64 hostile_responsive(Hostile *h, const char *when)
+{
+    gint64 start = g_get_monotonic_time();
+    QDict *resp = qtest_qmp(h->qts, "{'execute': 'query-status'}");
+    gint64 us = g_get_monotonic_time() - start;
+
+    g_assert_true(qdict_haskey(resp, "return"));
+    qobject_unref(resp);
+    if (us >= G_USEC_PER_SEC) {
+        g_printerr("hostile %s: query-status %s took %" PRId64 " ms\n",
+                   h->c->name, when, us / 1000);
+    }
+    g_assert_cmpint(us, <, G_USEC_PER_SEC);
+    return us;
+}
+
+/*
+ * No firmware runs under qtest: give the root port a bus number and the
+ * windows libqos allocates BARs from.
+ */
+static void hostile_root_port_init(Hostile *h)
+{
+    QPCIDevice *rp = qpci_device_find(h->bus, HOSTILE_RP_DEVFN);
+
+    g_assert_nonnull(rp);
+    qpci_config_writeb(rp, PCI_PRIMARY_BUS, 0);
+    qpci_config_writeb(rp, PCI_SECONDARY_BUS, 1);
+    qpci_config_writeb(rp, PCI_SUBORDINATE_BUS, 1);
+    qpci_config_writeb(rp, PCI_IO_BASE, 0xc0);              /* 0xc000 */
+    qpci_config_writeb(rp, PCI_IO_LIMIT, 0xf0);             /* 0xffff */
+    qpci_config_writew(rp, PCI_MEMORY_BASE, 0xe000);        /* 0xe0000000 */
+    qpci_config_writew(rp, PCI_MEMORY_LIMIT, 0xfe00);       /* 0xfeafffff */
+    qpci_config_writew(rp, PCI_PREF_MEMORY_BASE, 0xfff0);   /* none */
+    qpci_config_writew(rp, PCI_PREF_MEMORY_LIMIT, 0);
+    qpci_config_writew(rp, PCI_COMMAND, PCI_COMMAND_IO | PCI_COMMAND_MEMORY |
+                       PCI_COMMAND_MASTER);
+    g_free(rp);
+}
+
+/* Unplug, doing the ACPI eject the guest's OSPM would do */
+static void hostile_unplug(Hostile *h)
+{
+    QDict *resp = qtest_qmp(h->qts, "{'execute': 'qom-get', 'arguments': "
+                            "{'path': '/machine/peripheral/rp0/rp0', "
+                            "'property': 'acpi-pcihp-bsel'}}");
+    gint64 start;
+    int bsel;
+
+    g_assert_true(qdict_haskey(resp, "return"));
+    bsel = qdict_get_int(resp, "return");
+    qobject_unref(resp);
+
+    start = g_get_monotonic_time();
+    qtest_qmp_device_del_send(h->qts, "vu0");
+    qtest_outl(h->qts, ACPI_PCIHP_ICH9 + ACPI_PCIHP_SEL, bsel);
+    qtest_outl(h->qts, ACPI_PCIHP_ICH9 + ACPI_PCIHP_EJ, 1 << 0);
+    qtest_qmp_eventwait(h->qts, "DEVICE_DELETED");
+    hostile_stage(h, "unplugged in %" PRId64 " ms",
+                  (g_get_monotonic_time() - start) / 1000);
+}
+
+/* QEMU gives back every fd the row gave it; some go from a bottom half */
+static void hostile_check_fds(Hostile *h, int before)
+{
+    pid_t pid = qtest_pid(h->qts);
+    int i, now = count_fds(pid);
+
+    for (i = 0; i < 2000 / 10 && now != before; i++) {
+        g_usleep(10 * 1000);
+        now = count_fds(pid);
+    }
+    if (now != before) {
+        g_printerr("hostile %s: QEMU had %d fds before, %d after\n",
+                   h->c->name, before, now);
+    }
+    g_assert_cmpint(now, ==, before);
+}
+
+static void hostile_run(const HostileCase *c)
+{
+    const char *server_args[] = { "--misbehave", c->name, NULL };
+    Hostile h = { .c = c };
+    g_autofree char *err_text = NULL;
+    const char *desc = NULL;
+    QDict *resp, *error;
+    uint16_t vendor;
+    int fds_before;
+
+    h.dir = g_strdup(g_getenv("VFIO_USER_HOSTILE_DIR"));
+    g_assert_nonnull(h.dir);
+    h.log = g_build_filename(h.dir, "server.log", NULL);
+    h.qemu_err = g_build_filename(h.dir, "qemu.err", NULL);
+    h.server = raw_server_start(h.log, server_args);
+    if (!h.server) {
+        return;
+    }
+    h.qts = qtest_initf("-M q35 -m %d -nodefaults "
+                        "-device pcie-root-port,id=rp0,bus=pcie.0,"
+                        "chassis=1,addr=2 2>%s", HOSTILE_RAM / (1024 * 1024),
+                        h.qemu_err);
+    h.bus = qpci_new_pc(h.qts, NULL);
+    hostile_root_port_init(&h);
+    fds_before = count_fds(qtest_pid(h.qts));
+
+    hostile_stage(&h, "device_add");
+    resp = qtest_qmp(h.qts, "{'execute': 'device_add', 'arguments': "
+                     "{'driver': 'vfio-user-pci', 'id': 'vu0', "
+                     "'bus': 'rp0', 'socket': %s, "
+                     "'x-request-timeout-ms': %d}}",
+                     h.server->sock, HOSTILE_TIMEOUT_MS);
+    g_assert_nonnull(resp);
+    error = qdict_get_qdict(resp, "error");
+    if (error) {
+        desc = qdict_get_str(error, "desc");
+        hostile_stage(&h, "device_add failed: %s", desc);
+    } else {
+        hostile_stage(&h, "device_add succeeded");
+    }
+    h.added = !error;
+    hostile_responsive(&h, "after device_add");
+
+    if (c->outcome == HOSTILE_REALIZE_FAILS) {
+        if (!desc || !hostile_contains(desc, c->expect)) {
+            g_printerr("hostile %s: device_add %s, expected failure '%s'\n",
+                       c->name, desc ? desc : "succeeded", c->expect);
+        }
+        g_assert_nonnull(desc);
+        g_assert_true(hostile_contains(desc, c->expect));
+    } else {
+        if (desc) {
+            g_printerr("hostile %s: device_add failed: %s\n", c->name, desc);
+        }
+        g_assert_null(desc);
+        vendor = h.bus->config_readw(h.bus, HOSTILE_DEVFN, PCI_VENDOR_ID);
+        if (c->outcome == HOSTILE_FAILS_LATER && vendor == 0xffff) {
+            /* It failed already: config space reads all ones too */
+            hostile_stage(&h, "config space reads all ones");
+        } else {
+            g_assert_cmphex(vendor, ==, RS_VENDOR_ID);
+            h.dev = qpci_device_find(h.bus, HOSTILE_DEVFN);
+            g_assert_nonnull(h.dev);
+            qpci_device_enable(h.dev);
+            h.bar0 = qpci_iomap(h.dev, 0, NULL);
+            hostile_stage(&h, "BAR0 access");
+        }
+        if (c->outcome == HOSTILE_FAILS_LATER) {
+            g_assert_true(!h.dev ||
+                          qpci_io_readl(h.dev, h.bar0, 0) == 0xffffffff);
+        } else {
+            qpci_io_writel(h.dev, h.bar0, 0x10, 0x5a5aa5a5);
+            g_assert_cmphex(qpci_io_readl(h.dev, h.bar0, 0x10), ==,
+                            0x5a5aa5a5);
+            hostile_stage(&h, "BAR2 access");
+            h.bar2 = qpci_iomap(h.dev, 2, NULL);
+            qpci_io_writel(h.dev, h.bar2, 0x1010, 0x12345678);
+            g_assert_cmphex(qpci_io_readl(h.dev, h.bar2, 0x1010), ==,
+                            0x12345678);
+        }
+    }
+    qobject_unref(resp);
+    if (c->log) {
+        hostile_stage(&h, "waiting for '%s' in the server's log", c->log);
+        hostile_wait_log(&h, c->log);
+    }
+    if (c->check) {
+        hostile_stage(&h, "checks");
+        c->check(&h);
+    }
+    hostile_responsive(&h, "with the device in place");
+
+    if (h.added) {
+        hostile_stage(&h, "unplug");
+        hostile_unplug(&h);
+    }
+    g_free(h.dev);
+    if (c->check_end) {
+        hostile_stage(&h, "checks after unplug");
+        c->check_end(&h);
+    }
+    server_stop(h.server);
+    hostile_stage(&h, "final checks");
+    g_assert_true(qtest_probe_child(h.qts));
+    hostile_responsive(&h, "at the end");
+    hostile_check_fds(&h, fds_before);
+    err_text = hostile_file(h.qemu_err);
+    if (c->warn && !hostile_contains(err_text, c->warn)) {
+        g_printerr("hostile %s: QEMU's stderr lacks '%s'\n", c->name,
+                   c->warn);
+        g_assert_not_reached();
+    }
+    qpci_free_pc(h.bus);
+    qtest_quit(h.qts);
+    hostile_stage(&h, "passed");
+    g_free(h.log);
+    g_free(h.qemu_err);
+    g_free(h.dir);
+}
+
+/* The tail of @path, for a row that failed */
+static void hostile_print_file(const char *dir, const char *name,
+                               const char *what)
+{
+    g_autofree char *path = g_build_filename(dir, name, NULL);
+    g_autofree char *text = hostile_file(path);
+    size_t len = strlen(text);
+
+    g_printerr("--- %s%s:\n%s\n", what, len > 2000 ? " (its end)" : "",
+               len > 2000 ? text + len - 2000 : text);
+}
+
+static void test_hostile(const void *opaque)
+{
+    const HostileCase *c = opaque;
+    g_autofree char *dir = NULL;
+    const char *name;
+    GDir *d;
+
+    if (g_test_subprocess()) {
+        hostile_run(c);
+        return;
+    }
+    if (!g_file_test(raw_server_path(), G_FILE_TEST_IS_EXECUTABLE)) {
+        g_test_skip("vfio-user raw test server not built");
+        return;
+    }
+    dir = g_dir_make_tmp("vfio-user-hostile-XXXXXX", NULL);
+    g_assert_nonnull(dir);
+    g_setenv("VFIO_USER_HOSTILE_DIR", dir, true);
+    g_test_trap_subprocess(NULL, HOSTILE_ROW_US,
+                           G_TEST_SUBPROCESS_INHERIT_STDERR);
+    if (!g_test_trap_has_passed()) {
+        /* What matters most last: a log may show only its end */
+        hostile_print_file(dir, "server.log", "the server's log");
+        hostile_print_file(dir, "qemu.err", "QEMU's stderr");
+        hostile_print_file(dir, "stage", "stages");
+        g_printerr("hostile %s failed%s; expected: %s%s%s%s%s\n", c->name,
+                   g_test_trap_reached_timeout() ? " (timed out)" : "",
+                   c->outcome == HOSTILE_WORKS ? "the device works" :
+                   c->outcome == HOSTILE_FAILS_LATER ?
+                   "device_add works, the device fails later" :
+                   "device_add fails with ", c->expect ? c->expect : "",
+                   c->warn ? ", QEMU warns " : "", c->warn ? c->warn : "",
+                   c->log ? ", and the server logs its request's reply" :
+                   "");
+        /* Fail this row, and go on with the next */
+        g_test_fail();
+    }
+    d = g_dir_open(dir, 0, NULL);
+    while (d && (name = g_dir_read_name(d))) {
+        g_autofree char *path = g_build_filename(dir, name, NULL);
+
+        unlink(path);
+    }
+    if (d) {
+        g_dir_close(d);
+    }
+    rmdir(dir);
+}
+
+/* Row checks */
+
+/* The DMA_WRITE without reply landed, and got none */
+static void hostile_check_no_reply(Hostile *h)
+{
+    g_assert_cmphex(qtest_readq(h->qts, HOSTILE_DMA_ADDR), ==,
+                    HOSTILE_DMA_PATTERN);
+    g_assert_cmpint(hostile_log_count(h, "unexpected reply"), ==, 0);
+}
+
+/* The write across the end of RAM left its last bytes alone */
+static void hostile_check_ram_end(Hostile *h)
+{
+    g_assert_cmphex(qtest_readq(h->qts, HOSTILE_RAM - 8), ==, 0);
+}
+
+/* The write that wraps around left the start of RAM alone */
+static void hostile_check_ram_start(Hostile *h)
+{
+    g_assert_cmphex(qtest_readq(h->qts, 0), ==, 0);
+}
+
+/* BAR2's second page is mapped: its accesses send no REGION_WRITE */
+static void hostile_check_bar2_mapped(Hostile *h)
+{
+    uint64_t writes = qpci_io_readq(h->dev, h->bar0, RS_WRITES);
+
+    qpci_io_writel(h->dev, h->bar2, 0x1020, 0xabcd);
+    g_assert_cmphex(qpci_io_readl(h->dev, h->bar2, 0x1020), ==, 0xabcd);
+    g_assert_cmpuint(qpci_io_readq(h->dev, h->bar0, RS_WRITES), ==, writes);
+}
+
+/* For a second of the flood, QMP and the device answer */
+static void hostile_check_flood_live(Hostile *h)
+{
+    gint64 end = g_get_monotonic_time() + G_USEC_PER_SEC, worst = 0;
+    uint32_t i;
+
+    for (i = 0; g_get_monotonic_time() < end; i++) {
+        worst = MAX(worst, hostile_responsive(h, "during the flood"));
+        qpci_io_writel(h->dev, h->bar0, 0x20, i);
+        g_assert_cmpuint(qpci_io_readl(h->dev, h->bar0, 0x20), ==, i);
+        g_usleep(50 * 1000);
+    }
+    hostile_stage(h, "query-status during the flood: %u tries, at most "
+                  "%" PRId64 " us", i, worst);
+}
+
+/* The flood was answered while the device worked */
+static void hostile_check_flood(Hostile *h)
+{
+    g_autofree char *log = NULL;
+    unsigned long long sent = 0, answered = 0;
+    const char *line;
+
+    hostile_wait_log(h, "flood sent ");
+    log = hostile_file(h->log);
+    line = strstr(log, "flood sent ");
+    g_assert_cmpint(sscanf(line, "flood sent %llu answered %llu", &sent,
+                           &answered), ==, 2);
+    hostile_stage(h, "flood: %llu sent, %llu answered", sent, answered);
+    g_assert_cmpuint(answered, >, 0);
+}
+
+/* Realize gave up after about one timeout's worth of slow answers */
+static void hostile_check_slow(Hostile *h)
+{
+    int answered = hostile_log_count(h, "answered ");
+
+    hostile_stage(h, "%d messages answered", answered);
+    g_assert_cmpint(answered, <=, 3);
+}
+
+/* After one request went unanswered, QEMU sent nothing more */
+static void hostile_check_mute(Hostile *h)
+{
+    int unanswered = hostile_log_count(h, "unanswered ");
+
+    hostile_stage(h, "%d messages unanswered", unanswered);
+    g_assert_cmpint(unanswered, <=, 1);
+}
+
+#define WORKS               HOSTILE_WORKS
+#define REALIZE_FAILS       HOSTILE_REALIZE_FAILS
+#define FAILS_LATER         HOSTILE_FAILS_LATER
+
+static const HostileCase hostile_cases[] = {
+    /*
+     * Error replies with 0x80000001 and 0xffffffff (NEW: they crashed), 0,
+     * and 4096, which is no errno: failures all the same
+     */
+    { "errno-high-version", REALIZE_FAILS, "failed VERSION" },
+    { "errno-high-get-info", REALIZE_FAILS, "failed DEVICE_GET_INFO" },
+    { "errno-high-bar-read", FAILS_LATER },
+    { "errno-high-cfg-info", REALIZE_FAILS, "failed to get config info" },
+    { "errno-ones-version", REALIZE_FAILS, "failed VERSION" },
+    { "errno-ones-get-info", REALIZE_FAILS, "failed DEVICE_GET_INFO" },
+    { "errno-ones-bar-read", FAILS_LATER },
+    { "errno-ones-cfg-info", REALIZE_FAILS, "failed to get config info" },
+    { "errno-zero-version", REALIZE_FAILS, "failed VERSION" },
+    { "errno-zero-get-info", REALIZE_FAILS, "failed DEVICE_GET_INFO" },
+    { "errno-zero-bar-read", FAILS_LATER },
+    { "errno-zero-cfg-info", REALIZE_FAILS, "failed to get config info" },
+    { "errno-4096-version", REALIZE_FAILS, "failed VERSION" },
+    { "errno-4096-get-info", REALIZE_FAILS, "failed DEVICE_GET_INFO" },
+    { "errno-4096-bar-read", FAILS_LATER },
+    { "errno-4096-cfg-info", REALIZE_FAILS, "failed to get config info" },
+
+    { "hdr-size-small", REALIZE_FAILS, "invalid size 8" },
+    { "hdr-size-huge", REALIZE_FAILS, "invalid size 1052689" },
+    { "hdr-size-eof", REALIZE_FAILS, "closed the connection" },
+    { "hdr-truncated", REALIZE_FAILS, "too short" },
+    { "hdr-wrong-command", REALIZE_FAILS,
+      "is for DEVICE_GET_REGION_INFO" },
+    { "hdr-unknown-id", REALIZE_FAILS, "DEVICE_GET_INFO (id 1)" },
+    { "hdr-dup-reply", WORKS },
+    { "hdr-bad-type", REALIZE_FAILS, "unknown type 0x7" },
+    { "req-unknown-cmd", WORKS,
+      .log = "reply to UNKNOWN id 32768: error 38" },
+    { "req-unknown-idle", WORKS,
+      .log = "reply to UNKNOWN id 32768: error 38" },
+    { "req-no-reply", WORKS,
+      .log = "reply to DMA_READ id 32769: ok data 0x1122334455667788",
+      .check = hostile_check_no_reply },
+
+    { "fds-get-info", WORKS },
+    { "fds-too-many", REALIZE_FAILS, "carries 9 fds" },
+    /* NEW: an fd that is no sealed file is not mapped, with a warning */
+    { "mmap-fd-socket", WORKS, .warn = "region 2 is not mapped" },
+    { "mmap-fd-pipe", WORKS, .warn = "region 2 is not mapped" },
+    { "mmap-fd-eventfd", WORKS, .warn = "region 2 is not mapped" },
+    { "mmap-fd-short", WORKS, .warn = "region 2 is not mapped" },
+    { "mmap-fd-tmpfile", WORKS, .warn = "region 2 is not mapped" },
+    { "mmap-fd-sealed", WORKS, .check = hostile_check_bar2_mapped },
+
+    /* NEW: an error naming the field and its value */
+    { "region-size-max", REALIZE_FAILS, "0xffffffffffffffff" },
+    { "region-size-2p63", REALIZE_FAILS, "0x8000000000000001" },
+    { "region-offset-max", WORKS, .warn = "region 2 is not mapped" },
+    { "sparse-overlap", REALIZE_FAILS, "region 2" },   /* NEW */
+    { "sparse-beyond", REALIZE_FAILS, "region 2" },
+    { "region-argsz-huge", REALIZE_FAILS, "region 2" },
+    { "region-index-wrong", REALIZE_FAILS, "region 0" },
+    { "bar-size-npot", WORKS, .warn = "not a power of two" },
+    /* NEW: config space smaller than 256 bytes, or hidden beyond 256 */
+    { "cfg-size-0", REALIZE_FAILS, "config space is 0 bytes" },
+    { "cfg-size-16", REALIZE_FAILS, "config space is 16 bytes" },
+    { "cfg-size-255", REALIZE_FAILS, "config space is 255 bytes" },
+    { "cfg-size-1000", WORKS, .warn = "config space is 1000 bytes" },
+    { "cfg-size-8192", WORKS },
+
+    /* NEW: refused, naming the capability */
+    { "cap-loop-self", REALIZE_FAILS, "capability" },
+    { "cap-loop-two", REALIZE_FAILS, "capability" },
+    { "cap-ptr-ff", REALIZE_FAILS, "capability" },
+    { "cap-ptr-3e", REALIZE_FAILS, "capability" },
+    { "cap-ptr-header", REALIZE_FAILS, "capability" },
+    { "cap-next-unaligned", REALIZE_FAILS, "capability" },
+    { "msi-at-fc", REALIZE_FAILS, "capability" },
+    /* NEW: MSI-X refused, naming its BIR */
+    { "msix-bir-6", REALIZE_FAILS, "MSIX table BIR 6" },
+    { "msix-bir-7", REALIZE_FAILS, "MSIX table BIR 7" },
+    { "msix-bar-absent", REALIZE_FAILS, "MSIX table BIR 3" },
+    { "msix-table-beyond", REALIZE_FAILS, "don't fit in BARs" },
+    { "msix-pba-bir-7", REALIZE_FAILS, "PBA BIR 7" },
+    /* NEW: extended capabilities hidden, with a warning */
+    { "ecap-loop-self", WORKS, .warn = "extended capabilities are hidden" },
+    { "ecap-loop-two", WORKS, .warn = "extended capabilities are hidden" },
+    { "ecap-below", WORKS, .warn = "extended capabilities are hidden" },
+    /* NEW: the ROM is disabled, with a warning */
+    { "rom-npot", WORKS, .warn = "ROM BAR sizes to 0x1800" },
+
+    { "irq-msi-count", WORKS },
+    { "irq-msix-count", WORKS },
+    { "irq-index-wrong", REALIZE_FAILS, "MSI-X irq info" },
+    { "irq-flags-garbage", WORKS },
+    { "irq-err-count", WORKS },
+
+    { "iofds-argsz-small", WORKS, .warn = "I/O fds refused" },
+    { "iofds-count-huge", WORKS, .warn = "I/O fds refused" },
+    { "iofds-beyond", WORKS, .warn = "lies outside the region" },
+    { "iofds-stride-44", WORKS, .warn = "I/O fds refused" },
+
+    { "dma-read-unmapped", WORKS,
+      .log = "reply to DMA_READ id 32768: error" },
+    { "dma-write-ram-end", WORKS,
+      .log = "reply to DMA_WRITE id 32768: error",
+      .check = hostile_check_ram_end },
+    { "dma-read-count-max", WORKS,
+      .log = "reply to DMA_READ id 32768: error" },
+    { "dma-write-wrap", WORKS,
+      .log = "reply to DMA_WRITE id 32768: error",
+      .check = hostile_check_ram_start },
+    { "dma-read-too-big", WORKS,
+      .log = "reply to DMA_READ id 32768: error" },
+
+    { "caps-no-nul", REALIZE_FAILS, "not NUL-terminated" },
+    { "caps-not-json", REALIZE_FAILS, "malformed capabilities" },
+    { "caps-max-fds-0", REALIZE_FAILS, "max_msg_fds" },
+    { "caps-xfer-2p40", REALIZE_FAILS, "max_data_xfer_size" },
+    { "caps-xfer-string", REALIZE_FAILS, "max_data_xfer_size" },
+    { "version-major-2", REALIZE_FAILS, "protocol version 2.1" },
+    { "version-minor-9999", REALIZE_FAILS, "protocol version 0.9999" },
+    { "version-short", REALIZE_FAILS, "too short" },
+
+    /* NEW: liveness */
+    { "flood-dma", WORKS, .check = hostile_check_flood_live,
+      .check_end = hostile_check_flood },
+    { "stall-big-dma", FAILS_LATER },
+    { "slow-replies", REALIZE_FAILS, "500 ms",
+      .check_end = hostile_check_slow },
+    { "mute-after-realize", FAILS_LATER, .check_end = hostile_check_mute },
+};
+
+static void add_hostile_tests(void)
+{
+    size_t i;
+
+    for (i = 0; i < G_N_ELEMENTS(hostile_cases); i++) {
+        g_autofree char *path = g_strdup_printf(
+            "/vfio-user/raw-server/hostile/%s", hostile_cases[i].name);
+
+        qtest_add_data_func(path, &hostile_cases[i], test_hostile);
+    }
 }
 
 int main(int argc, char **argv)
@@ -2028,6 +2732,8 @@ int main(int argc, char **argv)
     qtest_add_func("/vfio-user/socket/fd-hotplug", test_socket_fd_hotplug);
     qtest_add_func("/vfio-user/null/config-only", test_null_config_only);
     qtest_add_func("/vfio-user/server/sparse-mmap", test_server_sparse_mmap);
+    qtest_add_func("/vfio-user/server/unsealed-not-mapped",
+                   test_server_unsealed_not_mapped);
     qtest_add_func("/vfio-user/test-server/access-sizes", test_access_sizes);
     qtest_add_func("/vfio-user/test-server/bar-mmap", test_bar_mmap);
     qtest_add_func("/vfio-user/test-server/bar-no-mmap", test_bar_no_mmap);
@@ -2049,12 +2755,14 @@ int main(int argc, char **argv)
     qtest_add_func("/vfio-user/raw-server/bad-layouts", test_raw_bad_layouts);
     qtest_add_func("/vfio-user/raw-server/reset-unplug",
                    test_raw_reset_unplug);
+    qtest_add_func("/vfio-user/raw-server/server-hang", test_raw_server_hang);
     qtest_add_func("/vfio-user/raw-server/server-death",
                    test_raw_server_death);
     qtest_add_func("/vfio-user/raw-server/posted-writes",
                    test_raw_posted_writes);
     qtest_add_func("/vfio-user/raw-server/failed-writes",
                    test_raw_failed_writes);
+    add_hostile_tests();
     qtest_add_func("/vfio-user/error/no-socket", test_error_no_socket);
     qtest_add_func("/vfio-user/error/missing-path", test_error_missing_path);
     qtest_add_func("/vfio-user/error/not-listening",
