@@ -15,6 +15,7 @@
 #include "hw/vfio-user/device.h"
 #include "qapi/error.h"
 #include "qemu/error-report.h"
+#include "qemu/lockable.h"
 #include "exec/memory.h"
 #include "trace.h"
 
@@ -24,21 +25,19 @@ static IOMMUAccessFlags vfio_user_map_perm(bool readonly)
     return readonly ? IOMMU_RO : IOMMU_RW;
 }
 
-static int vfio_user_dma_map(const VFIOContainerBase *bcontainer, hwaddr iova,
-                             ram_addr_t size, void *vaddr, bool readonly)
+/*
+ * Announce @map to the server, with its RAM's fd where it has one (the
+ * host address it maps is in map->translated_addr).
+ */
+static int vfio_user_send_map(VFIOUserContainer *container,
+                              const DMAMap *map, Error **errp)
 {
-    VFIOUserContainer *container = VFIO_IOMMU_USER(bcontainer);
+    void *vaddr = (void *)(uintptr_t)map->translated_addr;
+    bool readonly = map->perm == IOMMU_RO;
     VFIOUserDMAMap msg = { };
-    DMAMap map = {
-        .iova = iova,
-        .size = size - 1,
-        .perm = vfio_user_map_perm(readonly),
-    };
     ram_addr_t offset = 0;
     MemoryRegion *mr;
-    Error *err = NULL;
     int fd = -1;
-    int ret;
 
     mr = memory_region_from_host(vaddr, &offset);
     if (mr && mr->ram_block) {
@@ -49,41 +48,99 @@ static int vfio_user_dma_map(const VFIOContainerBase *bcontainer, hwaddr iova,
     msg.argsz = sizeof(msg) - sizeof(msg.hdr);
     msg.flags = VFIO_USER_DMA_READABLE |
                 (readonly ? 0 : VFIO_USER_DMA_WRITEABLE);
-    msg.iova = iova;
-    msg.size = size;
+    msg.iova = map->iova;
+    msg.size = map->size + 1;
     if (fd >= 0) {
         msg.offset = mr->ram_block->fd_offset + offset;
     }
-    trace_vfio_user_dma_map(container->proxy->sockname, iova, size,
+    trace_vfio_user_dma_map(container->proxy->sockname, msg.iova, msg.size,
                             msg.offset, fd, readonly);
 
-    ret = vfio_user_request(container->proxy, &msg.hdr, fd >= 0 ? &fd : NULL,
-                            fd >= 0 ? 1 : 0, NULL, &err);
-    if (ret < 0) {
-        if (bcontainer->initialized) {
-            /*
-             * hw/vfio treats a failed mapping after realize as fatal for
-             * the VM; a vfio-user server that fails one must not take the
-             * guest down with it.  The device loses DMA to that range.
-             */
-            if (container->proxy->connected) {
-                error_append_hint(&err, "The device cannot reach IOVA 0x%"
-                                  HWADDR_PRIx "+0x" RAM_ADDR_FMT " (%u other "
-                                  "mappings are live; a server may cap them, "
-                                  "and a vIOMMU maps page by page).\n",
-                                  iova, size, container->nr_mappings);
-            }
-            error_report_err(err);
-            return 0;
-        }
+    return vfio_user_request(container->proxy, &msg.hdr,
+                             fd >= 0 ? &fd : NULL, fd >= 0 ? 1 : 0, NULL,
+                             errp);
+}
+
+static int vfio_user_dma_map(const VFIOContainerBase *bcontainer, hwaddr iova,
+                             ram_addr_t size, void *vaddr, bool readonly)
+{
+    VFIOUserContainer *container = VFIO_IOMMU_USER(bcontainer);
+    DMAMap map = {
+        .iova = iova,
+        .translated_addr = (uintptr_t)vaddr,
+        .size = size - 1,
+        .perm = vfio_user_map_perm(readonly),
+    };
+    Error *err = NULL;
+    int ret;
+
+    /* Without a server, keep it for when one comes back */
+    if (vfio_user_connected(container->proxy)) {
+        ret = vfio_user_send_map(container, &map, &err);
+    } else {
+        ret = 0;
+    }
+    if (ret < 0 && !bcontainer->initialized) {
         error_free(err);
         return ret;
     }
+    if (ret < 0 && vfio_user_connected(container->proxy)) {
+        /*
+         * hw/vfio treats a failed mapping after realize as fatal for the
+         * VM; a vfio-user server that fails one must not take the guest
+         * down with it.  The device loses DMA to that range.
+         */
+        error_append_hint(&err, "The device cannot reach IOVA 0x%"
+                          HWADDR_PRIx "+0x" RAM_ADDR_FMT " (%u other "
+                          "mappings are live; a server may cap them, "
+                          "and a vIOMMU maps page by page).\n",
+                          iova, size, container->nr_mappings);
+        error_report_err(err);
+        return 0;
+    }
+    /* The server went away meanwhile: it may come back */
+    error_free(err);
+
     /* hw/vfio never maps over a live mapping: there is no overlap */
-    if (iova_tree_insert(container->mappings, &map) == IOVA_OK) {
-        container->nr_mappings++;
+    WITH_QEMU_LOCK_GUARD(&container->lock) {
+        if (iova_tree_insert(container->mappings, &map) == IOVA_OK) {
+            container->nr_mappings++;
+        }
     }
     return 0;
+}
+
+/*
+ * A server that came back knows no mappings: announce them all again.
+ * IOVATree's iterator takes no opaque, so take them out and put them
+ * back to list them.
+ */
+bool vfio_user_container_replay(VFIOUserContainer *container, Error **errp)
+{
+    g_autoptr(GArray) maps = g_array_new(false, false, sizeof(DMAMap));
+    DMAMap all = { .iova = 0, .size = HWADDR_MAX };
+    const DMAMap *found;
+    unsigned int i;
+
+    WITH_QEMU_LOCK_GUARD(&container->lock) {
+        while ((found = iova_tree_find(container->mappings, &all))) {
+            DMAMap map = *found;
+
+            g_array_append_val(maps, map);
+            iova_tree_remove(container->mappings, map);
+        }
+        for (i = 0; i < maps->len; i++) {
+            iova_tree_insert(container->mappings,
+                             &g_array_index(maps, DMAMap, i));
+        }
+    }
+    for (i = 0; i < maps->len; i++) {
+        if (vfio_user_send_map(container, &g_array_index(maps, DMAMap, i),
+                               errp) < 0) {
+            return false;
+        }
+    }
+    return true;
 }
 
 static int vfio_user_send_unmap(VFIOUserContainer *container,
@@ -119,18 +176,26 @@ static int vfio_user_dma_unmap(const VFIOContainerBase *bcontainer,
     VFIOUserContainer *container = VFIO_IOMMU_USER(bcontainer);
     DMAMap range = { .iova = iova, .size = size - 1 };
     const DMAMap *found;
+    DMAMap map;
     int ret = 0;
 
     if (!size) {
         return 0;
     }
-    while ((found = iova_tree_find(container->mappings, &range))) {
-        DMAMap map = *found;
-
-        /* Whatever the server says, it may no longer DMA there */
-        iova_tree_remove(container->mappings, map);
-        container->nr_mappings--;
-        if (container->proxy->connected &&
+    for (;;) {
+        WITH_QEMU_LOCK_GUARD(&container->lock) {
+            found = iova_tree_find(container->mappings, &range);
+            if (found) {
+                map = *found;
+                /* Whatever the server says, it may no longer DMA there */
+                iova_tree_remove(container->mappings, map);
+                container->nr_mappings--;
+            }
+        }
+        if (!found) {
+            break;
+        }
+        if (vfio_user_connected(container->proxy) &&
             vfio_user_send_unmap(container, &map) < 0) {
             ret = -EIO;
         }
@@ -139,8 +204,38 @@ static int vfio_user_dma_unmap(const VFIOContainerBase *bcontainer,
 }
 
 /*
- * Serve DMA_READ/DMA_WRITE: only within what was mapped (a request may
- * span adjacent mappings), never more than we announced we accept.
+ * Whether [@addr, @addr + @count) lies within what was mapped (a request
+ * may span adjacent mappings), writable if @write.  The receive thread
+ * asks while the memory listener maps and unmaps under the BQL.
+ */
+static bool vfio_user_dma_allowed(VFIOUserContainer *container,
+                                  uint64_t addr, uint64_t count, bool write)
+{
+    uint64_t done = 0;
+
+    QEMU_LOCK_GUARD(&container->lock);
+    while (done < count) {
+        DMAMap want = { .iova = addr + done, .size = 0 };
+        const DMAMap *map = iova_tree_find(container->mappings, &want);
+        uint64_t left_in_map;
+
+        if (!map || (write && map->perm == IOMMU_RO)) {
+            return false;
+        }
+        /* Inclusive sizes: this cannot overflow even for a map to 2^64 - 1 */
+        left_in_map = map->iova + map->size - want.iova;
+        if (count - done - 1 <= left_in_map) {
+            break;
+        }
+        done += left_in_map + 1;
+    }
+    return true;
+}
+
+/*
+ * Serve DMA_READ/DMA_WRITE, in the connection's receive thread: only
+ * within what was mapped, never more than we announced we accept.  Guest
+ * RAM is reached without the BQL (address_space_rw() takes it for MMIO).
  */
 static VFIOUserHdr *vfio_user_dma_rw(VFIOUserContainer *container,
                                      VFIOUserMsg *req, uint32_t *error)
@@ -150,7 +245,6 @@ static VFIOUserHdr *vfio_user_dma_rw(VFIOUserContainer *container,
     VFIOUserDMARW *rw = (VFIOUserDMARW *)req->hdr;
     g_autofree VFIOUserDMARW *reply = NULL;
     size_t reply_size;
-    uint64_t done = 0;
     MemTxResult res;
 
     if (req->hdr->size < sizeof(*rw) || req->nfds ||
@@ -160,23 +254,11 @@ static VFIOUserHdr *vfio_user_dma_rw(VFIOUserContainer *container,
         *error = EINVAL;
         return NULL;
     }
-    while (done < rw->count) {
-        DMAMap want = { .iova = rw->offset + done, .size = 0 };
-        const DMAMap *map = iova_tree_find(container->mappings, &want);
-        uint64_t left_in_map;
-
-        if (!map || (write && map->perm == IOMMU_RO)) {
-            trace_vfio_user_dma_denied(container->proxy->sockname,
-                                       rw->offset, rw->count);
-            *error = EFAULT;
-            return NULL;
-        }
-        /* Inclusive sizes: this cannot overflow even for a map to 2^64 - 1 */
-        left_in_map = map->iova + map->size - want.iova;
-        if (rw->count - done - 1 <= left_in_map) {
-            break;
-        }
-        done += left_in_map + 1;
+    if (!vfio_user_dma_allowed(container, rw->offset, rw->count, write)) {
+        trace_vfio_user_dma_denied(container->proxy->sockname, rw->offset,
+                                   rw->count);
+        *error = EFAULT;
+        return NULL;
     }
 
     reply_size = sizeof(*reply) + (write ? 0 : rw->count);
@@ -228,6 +310,7 @@ static bool vfio_user_container_attach(const char *name, VFIODevice *vbasedev,
     container = VFIO_IOMMU_USER(object_new(TYPE_VFIO_IOMMU_USER));
     container->proxy = udev->proxy;
     container->mappings = iova_tree_new();
+    qemu_mutex_init(&container->lock);
     bcontainer = &container->bcontainer;
     bcontainer->pgsizes = qemu_real_host_page_size();
     vfio_address_space_insert(space, bcontainer);
@@ -265,6 +348,7 @@ static void vfio_user_container_detach(VFIODevice *vbasedev)
     QLIST_REMOVE(vbasedev, container_next);
     vbasedev->bcontainer = NULL;
     iova_tree_destroy(container->mappings);
+    qemu_mutex_destroy(&container->lock);
     object_unref(container);
     vfio_put_address_space(space);
 }

@@ -63,7 +63,7 @@ static VFIOUserDevice *vfio_user_op_dev(VFIODevice *vbasedev)
  */
 static bool vfio_user_dev_gone(VFIOUserDevice *udev)
 {
-    return !udev->proxy->connected;
+    return !vfio_user_connected(udev->proxy);
 }
 
 /*
@@ -384,7 +384,9 @@ static int vfio_user_get_region_info(VFIODevice *vbasedev,
         close(region->fd);
         region->fd = -1;
     }
-    if (reply.nfds && (info->flags & VFIO_REGION_INFO_FLAG_MMAP)) {
+    /* With x-no-mmap=on, hw/vfio maps nothing: keep no fd either */
+    if (reply.nfds && (info->flags & VFIO_REGION_INFO_FLAG_MMAP) &&
+        !vbasedev->no_mmap) {
         if (vfio_user_check_mmap_fd(udev, reply.fds[0], info, &err)) {
             /* Keep the first; the message closes the others */
             region->fd = reply.fds[0];
@@ -509,22 +511,97 @@ static void vfio_user_unmask_vectors(VFIODevice *vbasedev,
 }
 
 /*
+ * The eventfds hw/vfio wired to the device's interrupts (trigger) and
+ * INTx's resample (unmask), kept (dup()ed) for a server that comes back.
+ */
+static VFIOUserIRQFds *vfio_user_irq_fds(VFIOUserDevice *udev,
+                                         struct vfio_irq_set *irq_set)
+{
+    uint32_t action = irq_set->flags & VFIO_IRQ_SET_ACTION_TYPE_MASK;
+
+    if (irq_set->index >= udev->num_irqs) {
+        return NULL;
+    }
+    switch (action) {
+    case VFIO_IRQ_SET_ACTION_TRIGGER:
+        return &udev->irq_fds[irq_set->index * 2];
+    case VFIO_IRQ_SET_ACTION_UNMASK:
+        return &udev->irq_fds[irq_set->index * 2 + 1];
+    default:
+        return NULL;
+    }
+}
+
+static void vfio_user_irq_fds_clear(VFIOUserIRQFds *irq)
+{
+    uint32_t i;
+
+    for (i = 0; i < irq->nr; i++) {
+        if (irq->fds[i] >= 0) {
+            close(irq->fds[i]);
+        }
+    }
+    g_free(irq->fds);
+    irq->fds = NULL;
+    irq->nr = 0;
+}
+
+static void vfio_user_record_irqs(VFIOUserDevice *udev,
+                                  struct vfio_irq_set *irq_set)
+{
+    VFIOUserIRQFds *irq = vfio_user_irq_fds(udev, irq_set);
+    const int32_t *fds = (const int32_t *)irq_set->data;
+    uint32_t i, end;
+
+    if (!irq) {
+        return;
+    }
+    switch (irq_set->flags & VFIO_IRQ_SET_DATA_TYPE_MASK) {
+    case VFIO_IRQ_SET_DATA_NONE:
+        /* hw/vfio's "disable the index": trigger, no data, count 0 */
+        if (!irq_set->count &&
+            (irq_set->flags & VFIO_IRQ_SET_ACTION_TRIGGER)) {
+            vfio_user_irq_fds_clear(irq);
+            vfio_user_irq_fds_clear(irq + 1);
+        }
+        return;
+    case VFIO_IRQ_SET_DATA_EVENTFD:
+        break;
+    default:
+        return;
+    }
+    end = irq_set->start + irq_set->count;
+    if (end > irq->nr) {
+        irq->fds = g_renew(int, irq->fds, end);
+        for (i = irq->nr; i < end; i++) {
+            irq->fds[i] = -1;
+        }
+        irq->nr = end;
+    }
+    for (i = 0; i < irq_set->count; i++) {
+        int *slot = &irq->fds[irq_set->start + i];
+
+        if (*slot >= 0) {
+            close(*slot);
+        }
+        *slot = fds[i] >= 0 ? qemu_dup(fds[i]) : -1;
+    }
+}
+
+/*
  * Eventfds travel as SCM_RIGHTS, where -1 ("tear this vector down") cannot
  * be expressed and at most max_send_fds fit: send runs of real fds in
  * chunks the server accepts, and runs of -1 as "no fds" for their range.
  */
-static int vfio_user_set_irqs(VFIODevice *vbasedev,
-                              struct vfio_irq_set *irq_set)
+static int vfio_user_send_irqs(VFIODevice *vbasedev,
+                               struct vfio_irq_set *irq_set)
 {
-    VFIOUserDevice *udev = vfio_user_op_dev(vbasedev);
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
     const int32_t *fds = (const int32_t *)irq_set->data;
     uint32_t max_fds = udev->proxy->max_send_fds;
     uint32_t i, run, assigned_end = 0;
     int ret;
 
-    if (vfio_user_dev_gone(udev)) {
-        return 0;
-    }
     switch (irq_set->flags & VFIO_IRQ_SET_DATA_TYPE_MASK) {
     case VFIO_IRQ_SET_DATA_NONE:
         return vfio_user_send_irq_set(vbasedev, irq_set, irq_set->start,
@@ -564,6 +641,50 @@ static int vfio_user_set_irqs(VFIODevice *vbasedev,
     return 0;
 }
 
+static int vfio_user_set_irqs(VFIODevice *vbasedev,
+                              struct vfio_irq_set *irq_set)
+{
+    VFIOUserDevice *udev = vfio_user_op_dev(vbasedev);
+
+    /* Even without a server: one may come back, and get them then */
+    vfio_user_record_irqs(udev, irq_set);
+    if (vfio_user_dev_gone(udev)) {
+        return 0;
+    }
+    return vfio_user_send_irqs(vbasedev, irq_set);
+}
+
+/* A server that came back: wire the interrupts hw/vfio wired before */
+static bool vfio_user_replay_irqs(VFIODevice *vbasedev, Error **errp)
+{
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    unsigned int i;
+
+    for (i = 0; i < udev->num_irqs * 2; i++) {
+        VFIOUserIRQFds *irq = &udev->irq_fds[i];
+        size_t size = sizeof(struct vfio_irq_set) + irq->nr * sizeof(int32_t);
+        g_autofree struct vfio_irq_set *irq_set = NULL;
+
+        if (!irq->nr) {
+            continue;
+        }
+        irq_set = g_malloc0(size);
+        irq_set->argsz = size;
+        irq_set->flags = VFIO_IRQ_SET_DATA_EVENTFD |
+                         (i % 2 ? VFIO_IRQ_SET_ACTION_UNMASK :
+                                  VFIO_IRQ_SET_ACTION_TRIGGER);
+        irq_set->index = i / 2;
+        irq_set->count = irq->nr;
+        memcpy(irq_set->data, irq->fds, irq->nr * sizeof(int32_t));
+        if (vfio_user_send_irqs(vbasedev, irq_set) < 0) {
+            error_setg(errp, "cannot wire the interrupts of index %u again",
+                       irq_set->index);
+            return false;
+        }
+    }
+    return true;
+}
+
 static int vfio_user_region_offset(VFIODevice *vbasedev, uint8_t index,
                                    off_t off, uint32_t size, uint64_t *rel)
 {
@@ -580,6 +701,8 @@ static int vfio_user_region_read(VFIODevice *vbasedev, uint8_t index,
                                  off_t off, uint32_t size, void *data)
 {
     VFIOUserDevice *udev = vfio_user_op_dev(vbasedev);
+    /* A guest's BAR read: a vCPU waits for it without the BQL */
+    bool bar = index < VFIO_PCI_ROM_REGION_INDEX;
     uint32_t done = 0;
     uint64_t rel;
     int ret;
@@ -608,7 +731,13 @@ static int vfio_user_region_read(VFIODevice *vbasedev, uint8_t index,
         msg.offset = rel + done;
         msg.region = index;
         msg.count = count;
-        ret = vfio_user_request(udev->proxy, &msg.hdr, NULL, 0, &reply, &err);
+        if (bar) {
+            ret = vfio_user_request_unlocked(udev->proxy, &msg.hdr, &reply,
+                                             &err);
+        } else {
+            ret = vfio_user_request(udev->proxy, &msg.hdr, NULL, 0, &reply,
+                                    &err);
+        }
         if (ret < 0) {
             return vfio_user_io_failed(vbasedev, ret, err);
         }
@@ -634,7 +763,7 @@ static int vfio_user_region_write(VFIODevice *vbasedev, uint8_t index,
     VFIOUserDevice *udev = vfio_user_op_dev(vbasedev);
     uint32_t done = 0;
     uint64_t rel;
-    bool posted;
+    bool bar, posted;
     int ret;
 
     ret = vfio_user_region_offset(vbasedev, index, off, size, &rel);
@@ -650,10 +779,12 @@ static int vfio_user_region_write(VFIODevice *vbasedev, uint8_t index,
         return ret;
     }
     /*
-     * A guest's write to a BAR has nobody to hear of its failure: post it.
-     * Config space writes wait, as hw/vfio acts on what follows them.
+     * A guest's write to a BAR has nobody to hear of its failure: post it
+     * (or, if not, wait without the BQL).  Config space writes wait, as
+     * hw/vfio acts on what follows them.
      */
-    posted = udev->posted_writes && index < VFIO_PCI_ROM_REGION_INDEX;
+    bar = index < VFIO_PCI_ROM_REGION_INDEX;
+    posted = udev->posted_writes && bar;
     while (done < size) {
         uint32_t count = MIN(size - done, udev->proxy->max_xfer_size);
         size_t msg_size = sizeof(VFIOUserRegionRW) + count;
@@ -667,6 +798,9 @@ static int vfio_user_region_write(VFIODevice *vbasedev, uint8_t index,
         memcpy(msg->data, data + done, count);
         if (posted) {
             ret = vfio_user_request_posted(udev->proxy, &msg->hdr, &err);
+        } else if (bar) {
+            ret = vfio_user_request_unlocked(udev->proxy, &msg->hdr, NULL,
+                                             &err);
         } else {
             ret = vfio_user_request(udev->proxy, &msg->hdr, NULL, 0, NULL,
                                     &err);
@@ -841,39 +975,113 @@ const VFIODeviceIOOps vfio_user_device_io_ops = {
  * Make @vbasedev reach its device through @udev's connection, learning the
  * device's shape (what VFIO_DEVICE_GET_INFO tells for a kernel device).
  */
-bool vfio_user_device_attach(VFIODevice *vbasedev, VFIOUserDevice *udev,
-                             Error **errp)
+/* DEVICE_GET_INFO: the device's shape, what VFIO_DEVICE_GET_INFO tells */
+static bool vfio_user_get_device_info(VFIODevice *vbasedev,
+                                      VFIOUserDevice *udev,
+                                      struct vfio_device_info *info,
+                                      Error **errp)
 {
     VFIOUserDeviceInfo msg = { };
     g_auto(VFIOUserMsg) reply = { };
-    struct vfio_device_info *info;
-    unsigned int i;
+    struct vfio_device_info *rinfo;
 
     vfio_user_request_init(&msg.hdr, VFIO_USER_DEVICE_GET_INFO, sizeof(msg));
     msg.argsz = sizeof(msg) - sizeof(msg.hdr);
     if (vfio_user_request(udev->proxy, &msg.hdr, NULL, 0, &reply, errp) < 0) {
         return false;
     }
-    info = vfio_user_payload(&reply, msg.argsz, NULL, errp);
-    if (!info) {
+    rinfo = vfio_user_payload(&reply, msg.argsz, NULL, errp);
+    if (!rinfo) {
         return false;
     }
     /* A PCI device has at least its config region and MSI-X index */
-    if (info->num_regions > VFIO_PCI_NUM_REGIONS + 64 ||
-        info->num_irqs > VFIO_PCI_NUM_IRQS + 64) {
+    if (rinfo->num_regions > VFIO_PCI_NUM_REGIONS + 64 ||
+        rinfo->num_irqs > VFIO_PCI_NUM_IRQS + 64) {
         error_setg(errp, "implausible device: %u regions, %u irq types",
-                   info->num_regions, info->num_irqs);
+                   rinfo->num_regions, rinfo->num_irqs);
         return false;
     }
-    trace_vfio_user_device_info(vbasedev->name, info->flags,
-                                info->num_regions, info->num_irqs);
+    trace_vfio_user_device_info(vbasedev->name, rinfo->flags,
+                                rinfo->num_regions, rinfo->num_irqs);
+    *info = *rinfo;
+    return true;
+}
 
-    vbasedev->num_regions = info->num_regions;
-    vbasedev->num_irqs = info->num_irqs;
-    vbasedev->flags = info->flags;
-    vbasedev->reset_works = !!(info->flags & VFIO_DEVICE_FLAGS_RESET);
+/*
+ * A server that came back must serve the same device, and one whose BARs
+ * hw/vfio did not map from the old server's files: the guest would still
+ * see the old server's memory there.
+ */
+bool vfio_user_device_check_same(VFIODevice *vbasedev, Error **errp)
+{
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    struct vfio_device_info info;
+    unsigned int i;
 
-    udev->num_regions = info->num_regions;
+    for (i = 0; i < udev->num_regions; i++) {
+        if (udev->regions[i].fd >= 0) {
+            error_setg(errp, "region %u is mapped from the old server's "
+                       "file (use x-no-mmap=on with reconnect-ms)", i);
+            return false;
+        }
+    }
+    if (!vfio_user_get_device_info(vbasedev, udev, &info, errp)) {
+        return false;
+    }
+    if (info.num_regions != udev->num_regions ||
+        info.num_irqs != udev->num_irqs || info.flags != vbasedev->flags) {
+        error_setg(errp, "the server now serves another device (%u regions, "
+                   "%u irq types, flags 0x%x; before: %u, %u, 0x%x)",
+                   info.num_regions, info.num_irqs, info.flags,
+                   udev->num_regions, udev->num_irqs, vbasedev->flags);
+        return false;
+    }
+    return true;
+}
+
+/*
+ * The rest of what the server had, after config space and DMA mappings:
+ * the interrupts' eventfds, and the I/O fds it may offer again.
+ */
+bool vfio_user_device_replay(VFIODevice *vbasedev, Error **errp)
+{
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    unsigned int i;
+
+    if (!vfio_user_replay_irqs(vbasedev, errp)) {
+        return false;
+    }
+    vfio_user_clear_io_fds(udev);
+    for (i = 0; i < udev->num_regions; i++) {
+        if (udev->regions[i].iofds) {
+            vfio_user_fetch_io_fds(vbasedev, i);
+        }
+    }
+    return vfio_user_connected(udev->proxy);
+}
+
+/*
+ * Make @vbasedev reach its device through @udev's connection, learning the
+ * device's shape (what VFIO_DEVICE_GET_INFO tells for a kernel device).
+ */
+bool vfio_user_device_attach(VFIODevice *vbasedev, VFIOUserDevice *udev,
+                             Error **errp)
+{
+    struct vfio_device_info info;
+    unsigned int i;
+
+    if (!vfio_user_get_device_info(vbasedev, udev, &info, errp)) {
+        return false;
+    }
+
+    vbasedev->num_regions = info.num_regions;
+    vbasedev->num_irqs = info.num_irqs;
+    vbasedev->flags = info.flags;
+    vbasedev->reset_works = !!(info.flags & VFIO_DEVICE_FLAGS_RESET);
+
+    udev->num_irqs = info.num_irqs;
+    udev->irq_fds = g_new0(VFIOUserIRQFds, udev->num_irqs * 2);
+    udev->num_regions = info.num_regions;
     udev->regions = g_new0(VFIOUserRegion, udev->num_regions);
     for (i = 0; i < udev->num_regions; i++) {
         udev->regions[i].fd = -1;
@@ -907,6 +1115,12 @@ void vfio_user_device_detach(VFIODevice *vbasedev)
     }
     g_free(udev->regions);
     udev->regions = NULL;
+    for (i = 0; i < udev->num_irqs * 2; i++) {
+        vfio_user_irq_fds_clear(&udev->irq_fds[i]);
+    }
+    g_free(udev->irq_fds);
+    udev->irq_fds = NULL;
+    udev->num_irqs = 0;
     error_free(udev->last_error);
     udev->last_error = NULL;
     udev->num_regions = 0;

@@ -14,6 +14,8 @@
 #include "hw/qdev-properties.h"
 #include "hw/vfio/pci.h"
 #include "hw/vfio-user/container.h"
+#include "hw/pci/msi.h"
+#include "hw/pci/msix.h"
 #include "hw/vfio-user/device.h"
 #include "qapi/clone-visitor.h"
 #include "qapi/error.h"
@@ -47,14 +49,20 @@ struct VFIOUserPCIDevice {
     bool no_posted_writes;
     bool no_io_fds;
     bool mmap_unsealed;
+    uint32_t reconnect_ms;
 
     VFIOUserDevice udev;
+    SocketAddress *addr;        /* connected to, and to reconnect to */
     Notifier lost;              /* of the connection: tell management */
+    bool up;                    /* realized and connected: lost is news */
+    bool reconnect_reported;    /* a failed attempt, in this outage */
+    QEMUTimer *reconnect_timer;
 };
 
 /*
  * The server is gone: management may want to restart it, or unplug the
- * device.  While realize runs, its error says it all.
+ * device; with reconnect-ms, try again later.  While realize runs, its
+ * error says it all.
  */
 static void vfio_user_pci_lost(Notifier *notifier, void *data)
 {
@@ -66,10 +74,118 @@ static void vfio_user_pci_lost(Notifier *notifier, void *data)
     if (!d->realized) {
         return;
     }
+    /* A failed reconnection attempt is no news */
+    if (dev->up) {
+        dev->up = false;
+        path = object_get_canonical_path(OBJECT(dev));
+        qapi_event_send_vfio_user_disconnected(d->id ?: "", path,
+                                               proxy->sockname,
+                                               proxy->lost_reason);
+    }
+    if (dev->reconnect_timer) {
+        timer_mod(dev->reconnect_timer,
+                  qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + dev->reconnect_ms);
+    }
+}
+
+/*
+ * The config space state a server acts on, as the guest left it: BARs,
+ * MSI and MSI-X enables (QEMU emulates the rest of those capabilities),
+ * and the command register last, which enables the rest.
+ */
+static bool vfio_user_pci_replay_config(VFIOUserPCIDevice *dev, Error **errp)
+{
+    VFIOPCIDevice *vdev = VFIO_PCI_BASE(dev);
+    PCIDevice *pdev = PCI_DEVICE(dev);
+    struct {
+        uint32_t offset;
+        uint32_t size;
+    } regs[PCI_ROM_SLOT + 4];
+    unsigned int i, n = 0;
+
+    for (i = 0; i < PCI_ROM_SLOT; i++) {
+        regs[n++] = (typeof(regs[0])) { PCI_BASE_ADDRESS_0 + i * 4, 4 };
+    }
+    regs[n++] = (typeof(regs[0])) { PCI_ROM_ADDRESS, 4 };
+    if (pdev->cap_present & QEMU_PCI_CAP_MSI) {
+        regs[n++] = (typeof(regs[0])) { pdev->msi_cap + PCI_MSI_FLAGS, 2 };
+    }
+    if (pdev->cap_present & QEMU_PCI_CAP_MSIX) {
+        regs[n++] = (typeof(regs[0])) { pdev->msix_cap + PCI_MSIX_FLAGS, 2 };
+    }
+    regs[n++] = (typeof(regs[0])) { PCI_COMMAND, 2 };
+
+    for (i = 0; i < n; i++) {
+        /* Config space is little-endian, in pdev->config as on the wire */
+        if (vfio_device_region_write(&vdev->vbasedev,
+                                     VFIO_PCI_CONFIG_REGION_INDEX,
+                                     vdev->config_offset + regs[i].offset,
+                                     regs[i].size,
+                                     pdev->config + regs[i].offset) !=
+            regs[i].size) {
+            error_setg(errp, "cannot restore config space at 0x%x",
+                       regs[i].offset);
+            return false;
+        }
+    }
+    return true;
+}
+
+/*
+ * Try the server again: connect, check it serves the same device, and
+ * give it the device's state (config space, DMA mappings, interrupts, I/O
+ * fds) within one timeout.  Until then the device stays disconnected; a
+ * failed attempt makes the connection fail, which tries again later.
+ */
+static void vfio_user_pci_reconnect(void *opaque)
+{
+    VFIOUserPCIDevice *dev = opaque;
+    VFIODevice *vbasedev = &VFIO_PCI_BASE(dev)->vbasedev;
+    VFIOUserProxy *proxy = dev->udev.proxy;
+    DeviceState *d = DEVICE(dev);
+    g_autofree char *path = NULL;
+    Error *err = NULL;
+    bool ok;
+
+    vfio_user_set_deadline(proxy, qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                                  dev->timeout_ms);
+    ok = vfio_user_reconnect(proxy, dev->addr, &err) &&
+         vfio_user_device_check_same(vbasedev, &err) &&
+         vfio_user_pci_replay_config(dev, &err) &&
+         vfio_user_container_replay(VFIO_IOMMU_USER(vbasedev->bcontainer),
+                                    &err) &&
+         vfio_user_device_replay(vbasedev, &err);
+    vfio_user_set_deadline(proxy, 0);
+    if (!ok) {
+        trace_vfio_user_pci_reconnect_failed(vbasedev->name,
+                                             err ? error_get_pretty(err) :
+                                             "the server went away");
+        if (!dev->reconnect_reported) {
+            dev->reconnect_reported = true;
+            warn_report("vfio-user %s: cannot reconnect yet: %s; trying "
+                        "again every %u ms", proxy->sockname,
+                        err ? error_get_pretty(err) : "the server went away",
+                        dev->reconnect_ms);
+        }
+        if (vfio_user_connected(proxy)) {
+            /* Its notifier tries again */
+            vfio_user_drop(proxy, err);
+        } else {
+            error_free(err);
+            timer_mod(dev->reconnect_timer,
+                      qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                      dev->reconnect_ms);
+        }
+        return;
+    }
+    dev->up = true;
+    dev->reconnect_reported = false;
+    info_report("vfio-user %s: the server is back; the device is "
+                "reconnected", proxy->sockname);
+    trace_vfio_user_pci_reconnected(vbasedev->name);
     path = object_get_canonical_path(OBJECT(dev));
-    qapi_event_send_vfio_user_disconnected(d->id ?: "", path,
-                                           proxy->sockname,
-                                           proxy->lost_reason);
+    qapi_event_send_vfio_user_reconnected(d->id ?: "", path,
+                                          proxy->sockname);
 }
 
 /* The socket to connect to, from whichever syntax the user chose */
@@ -140,6 +256,11 @@ static void vfio_user_pci_realize(PCIDevice *pdev, Error **errp)
                    "not be 0");
         return;
     }
+    if (dev->reconnect_ms && addr->type == SOCKET_ADDRESS_TYPE_FD) {
+        error_setg(errp, TYPE_VFIO_USER_PCI ": reconnect-ms needs a socket "
+                   "path: a passed fd cannot be connected again");
+        return;
+    }
 
     dev->udev.proxy = vfio_user_connect(addr, dev->timeout_ms, errp);
     if (!dev->udev.proxy) {
@@ -178,6 +299,12 @@ static void vfio_user_pci_realize(PCIDevice *pdev, Error **errp)
         }
     }
     vfio_user_set_deadline(dev->udev.proxy, 0);
+    dev->addr = g_steal_pointer(&addr);
+    if (dev->reconnect_ms) {
+        dev->reconnect_timer = timer_new_ms(QEMU_CLOCK_REALTIME,
+                                            vfio_user_pci_reconnect, dev);
+    }
+    dev->up = true;
     return;
 
 error:
@@ -192,7 +319,13 @@ error:
 static void vfio_user_pci_exit(PCIDevice *pdev)
 {
     VFIOUserPCIDeviceClass *k = VFIO_USER_PCI_GET_CLASS(pdev);
+    VFIOUserPCIDevice *dev = VFIO_USER_PCI(pdev);
 
+    if (dev->reconnect_timer) {
+        timer_free(dev->reconnect_timer);
+        dev->reconnect_timer = NULL;
+    }
+    dev->up = false;
     vfio_user_device_drop_io_fds(&VFIO_PCI_BASE(pdev)->vbasedev);
     k->parent_exit(pdev);
 }
@@ -224,6 +357,7 @@ static void vfio_user_pci_instance_finalize(Object *obj)
         dev->udev.proxy = NULL;
     }
     qapi_free_SocketAddress(dev->socket);
+    qapi_free_SocketAddress(dev->addr);
 }
 
 /* socket=PATH, or a SocketAddress object (JSON -device, QMP device_add) */
@@ -269,6 +403,7 @@ static const Property vfio_user_pci_properties[] = {
     DEFINE_PROP_BOOL("x-no-io-fds", VFIOUserPCIDevice, no_io_fds, false),
     DEFINE_PROP_BOOL("x-mmap-unsealed", VFIOUserPCIDevice, mmap_unsealed,
                      false),
+    DEFINE_PROP_UINT32("reconnect-ms", VFIOUserPCIDevice, reconnect_ms, 0),
 };
 
 static void vfio_user_pci_class_init(ObjectClass *klass, void *data)
@@ -298,6 +433,9 @@ static void vfio_user_pci_class_init(ObjectClass *klass, void *data)
     object_class_property_set_description(klass, "x-no-io-fds",
         "Do not ask the server for ioeventfds or ioregionfds: every BAR "
         "access goes through the socket");
+    object_class_property_set_description(klass, "reconnect-ms",
+        "If not 0, when the server goes away, connect to its socket path "
+        "again every this many ms and give it the device's state back");
     object_class_property_set_description(klass, "x-mmap-unsealed",
         "Map region files the server has not sealed against shrinking "
         "(F_SEAL_SHRINK): faster with such servers, but one that shrinks "

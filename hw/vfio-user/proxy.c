@@ -1,13 +1,14 @@
 /*
  * vfio-user client connection: one UNIX socket to a vfio-user server.
  *
- * Every exchange happens with the BQL held: requests are sent from the
- * thread that needs the answer (realize, a vCPU's MMIO access, a memory
- * listener) and their reply is awaited in place, while requests the server
- * sends in the meantime (DMA_READ, DMA_WRITE) are served from the same
- * loop.  When no request is outstanding, a main-loop fd handler serves the
- * server's requests, takes the replies to posted requests (sent without
- * waiting) and notices when the server goes away.
+ * Requests are sent from the thread that needs the answer (realize, a
+ * vCPU's MMIO access, a memory listener), any number at once, and that
+ * thread waits for its reply.  A receive thread of the connection's own
+ * reads everything the server sends: it hands each reply to its waiter by
+ * id, takes the replies to posted requests (sent without waiting), serves
+ * the server's requests (DMA_READ, DMA_WRITE) and notices when the server
+ * goes away.  A vCPU waiting for the reply to its access to a BAR lets the
+ * BQL go meanwhile; other waiters keep it, bounded by the timeout.
  *
  * The server is not trusted to answer, to read what we send, or to stop
  * sending: every wait, in either direction, ends at a deadline, and a
@@ -22,12 +23,14 @@
 #include "hw/vfio-user/proxy.h"
 #include "qapi/error.h"
 #include "qemu/error-report.h"
+#include "qemu/lockable.h"
 #include "qemu/main-loop.h"
 #include "qemu/timer.h"
 #include "qobject/qdict.h"
 #include "qobject/qjson.h"
 #include "qobject/qnum.h"
 #include "qobject/qstring.h"
+#include "hw/core/cpu.h"
 #include "trace.h"
 
 /*
@@ -35,12 +38,6 @@
  * advertised plus its header, or a region info reply with capabilities.
  */
 #define VFIO_USER_MAX_RECV_SIZE  (VFIO_USER_CLIENT_MAX_XFER + 4096)
-
-/*
- * Messages the fd handler takes in one go: a server that sends without
- * end must not keep the main loop from everything else.
- */
-#define VFIO_USER_MAX_DISPATCH   16
 
 /* Linux's errnos are below this; the error field is 32 bits wide */
 #define VFIO_USER_MAX_ERRNO      4096
@@ -129,32 +126,47 @@ static void vfio_user_set_timeout_error(VFIOUserProxy *proxy,
     }
 }
 
-static void vfio_user_readable(void *opaque);
-
 /*
- * The server went away or broke the protocol: stop talking to it, and pass
- * @err on to @errp.  The device stays in place and its accesses fail from
- * now on; once the device is in use, that deserves a report of its own,
- * since its accesses have nobody to tell.
+ * The server went away, broke the protocol or missed a deadline: stop
+ * talking to it, and pass @err on to @errp.  The device stays in place
+ * and its accesses fail from now on; once the device is in use, that
+ * deserves a report of its own, since its accesses have nobody to tell.
+ * Callable from any thread; the lost notifiers run in the main loop.
  */
 static void vfio_user_connection_lost(VFIOUserProxy *proxy, Error *err,
                                       Error **errp)
 {
-    if (proxy->connected) {
-        proxy->connected = false;
-        qemu_set_fd_handler(vfio_user_fd(proxy), NULL, NULL, NULL);
-        qio_channel_shutdown(proxy->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
-        trace_vfio_user_connection_lost(proxy->sockname);
-        proxy->lost_reason = g_strdup(error_get_pretty(err));
-        if (proxy->established) {
-            error_report("%s; the device is disconnected",
-                         error_get_pretty(err));
+    bool first = false;
+
+    WITH_QEMU_LOCK_GUARD(&proxy->lock) {
+        if (proxy->connected) {
+            first = true;
+            qatomic_set(&proxy->connected, false);
+            proxy->lost_reason = g_strdup(error_get_pretty(err));
+            /* Their replies will never come */
+            proxy->nr_posted = 0;
+            qemu_cond_broadcast(&proxy->cond);
         }
-        /* Their replies will never come */
-        proxy->nr_posted = 0;
-        notifier_list_notify(&proxy->lost_notifiers, proxy);
+    }
+    if (first) {
+        /* Wakes the receive thread, and any sender, for good */
+        qio_channel_shutdown(proxy->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+        trace_vfio_user_connection_lost(proxy->sockname,
+                                        error_get_pretty(err));
+        if (proxy->established) {
+            error_report("vfio-user %s: %s; the device is disconnected",
+                         proxy->sockname, error_get_pretty(err));
+        }
+        qemu_bh_schedule(proxy->lost_bh);
     }
     error_propagate(errp, err);
+}
+
+static void vfio_user_lost_bh(void *opaque)
+{
+    VFIOUserProxy *proxy = opaque;
+
+    notifier_list_notify(&proxy->lost_notifiers, proxy);
 }
 
 /*
@@ -182,13 +194,9 @@ static int vfio_user_wait_io(VFIOUserProxy *proxy, short events,
     return ret ? 0 : -ETIMEDOUT;
 }
 
-/*
- * Read exactly @len bytes into @buf, collecting any fds into @msg.
- * With @may_block false, return -EAGAIN if nothing at all is available.
- */
+/* Read exactly @len bytes into @buf, collecting any fds into @msg */
 static int vfio_user_read_all(VFIOUserProxy *proxy, void *buf, size_t len,
-                              VFIOUserMsg *msg, bool may_block,
-                              int64_t deadline_ms, Error **errp)
+                              VFIOUserMsg *msg, Error **errp)
 {
     size_t done = 0;
 
@@ -207,15 +215,9 @@ static int vfio_user_read_all(VFIOUserProxy *proxy, void *buf, size_t len,
             msg->nfds += nfds;
         }
         if (ret == QIO_CHANNEL_ERR_BLOCK) {
-            if (!done && !may_block) {
-                return -EAGAIN;
-            }
-            wait = vfio_user_wait_io(proxy, POLLIN, deadline_ms);
-            if (wait == -ETIMEDOUT) {
-                vfio_user_set_timeout_error(proxy, "no message from the "
-                                            "server", errp);
-                return wait;
-            } else if (wait < 0) {
+            /* Nobody waits for the receive thread: it may wait forever */
+            wait = vfio_user_wait_io(proxy, POLLIN, INT64_MAX);
+            if (wait < 0) {
                 error_setg_errno(errp, -wait, "cannot poll the socket");
                 return wait;
             }
@@ -235,13 +237,12 @@ static int vfio_user_read_all(VFIOUserProxy *proxy, void *buf, size_t len,
 
 /* Receive one whole message; every length is checked before it is used */
 static int vfio_user_recv(VFIOUserProxy *proxy, VFIOUserMsg *msg,
-                          bool may_block, int64_t deadline_ms, Error **errp)
+                          Error **errp)
 {
     VFIOUserHdr hdr;
     int ret;
 
-    ret = vfio_user_read_all(proxy, &hdr, sizeof(hdr), msg, may_block,
-                             deadline_ms, errp);
+    ret = vfio_user_read_all(proxy, &hdr, sizeof(hdr), msg, errp);
     if (ret < 0) {
         return ret;
     }
@@ -254,7 +255,7 @@ static int vfio_user_recv(VFIOUserProxy *proxy, VFIOUserMsg *msg,
     msg->hdr = g_malloc(hdr.size);
     *msg->hdr = hdr;
     ret = vfio_user_read_all(proxy, msg->hdr + 1, hdr.size - sizeof(hdr),
-                             msg, true, deadline_ms, errp);
+                             msg, errp);
     if (ret < 0) {
         return ret;
     }
@@ -272,8 +273,9 @@ static int vfio_user_recv(VFIOUserProxy *proxy, VFIOUserMsg *msg,
 }
 
 /*
- * Send a whole message, its fds with its first byte.  A server that does
- * not read gets as long as it gets to answer, then -ETIMEDOUT.
+ * Send a whole message, its fds with its first byte, from any thread.  A
+ * server that does not read gets as long as it gets to answer, then
+ * -ETIMEDOUT.
  */
 static int vfio_user_send(VFIOUserProxy *proxy, VFIOUserHdr *hdr,
                           const int *fds, size_t nfds, Error **errp)
@@ -281,6 +283,7 @@ static int vfio_user_send(VFIOUserProxy *proxy, VFIOUserHdr *hdr,
     int64_t deadline = vfio_user_deadline(proxy);
     size_t done = 0;
 
+    QEMU_LOCK_GUARD(&proxy->send_lock);
     trace_vfio_user_send(proxy->sockname, hdr->id,
                          vfio_user_command_name(hdr->command), hdr->size,
                          hdr->flags, nfds);
@@ -315,7 +318,11 @@ static int vfio_user_send(VFIOUserProxy *proxy, VFIOUserHdr *hdr,
     return 0;
 }
 
-/* Serve a request from the server and send its reply */
+/*
+ * Serve a request from the server and send its reply, in the receive
+ * thread.  The handler may be replaced meanwhile; handler_lock makes
+ * whoever replaces it wait for the request being served.
+ */
 static int vfio_user_serve_request(VFIOUserProxy *proxy, VFIOUserMsg *req,
                                    Error **errp)
 {
@@ -323,8 +330,11 @@ static int vfio_user_serve_request(VFIOUserProxy *proxy, VFIOUserMsg *req,
     VFIOUserHdr error_reply;
     uint32_t error = ENOSYS;
 
-    if (proxy->request_handler) {
-        reply = proxy->request_handler(proxy->request_opaque, req, &error);
+    WITH_QEMU_LOCK_GUARD(&proxy->handler_lock) {
+        if (proxy->request_handler) {
+            reply = proxy->request_handler(proxy->request_opaque, req,
+                                           &error);
+        }
     }
     if (req->hdr->flags & VFIO_USER_NO_REPLY) {
         return 0;
@@ -349,7 +359,8 @@ static int vfio_user_serve_request(VFIOUserProxy *proxy, VFIOUserMsg *req,
 /*
  * The reply to a posted request, if @msg is one.  Nobody waits for it; a
  * failure is still worth knowing about, once: a guest that keeps writing
- * to a register the server refuses must not flood the log.
+ * to a register the server refuses must not flood the log.  Called with
+ * proxy->lock held.
  */
 static bool vfio_user_posted_reply(VFIOUserProxy *proxy, VFIOUserMsg *msg)
 {
@@ -367,6 +378,7 @@ static bool vfio_user_posted_reply(VFIOUserProxy *proxy, VFIOUserMsg *msg)
     proxy->nr_posted--;
     memmove(&proxy->posted[i], &proxy->posted[i + 1],
             (proxy->nr_posted - i) * sizeof(proxy->posted[0]));
+    qemu_cond_broadcast(&proxy->cond);
 
     if (!(msg->hdr->flags & VFIO_USER_ERROR)) {
         return true;
@@ -384,7 +396,37 @@ static bool vfio_user_posted_reply(VFIOUserProxy *proxy, VFIOUserMsg *msg)
     return true;
 }
 
-/* A message arrived that nobody is waiting for */
+/* Hand a reply to whoever waits for it; false if it is not for them */
+static bool vfio_user_complete(VFIOUserProxy *proxy, VFIOUserMsg *msg,
+                               Error **errp)
+{
+    VFIOUserPending *pending;
+
+    QEMU_LOCK_GUARD(&proxy->lock);
+    QTAILQ_FOREACH(pending, &proxy->pending, next) {
+        if (pending->id != msg->hdr->id) {
+            continue;
+        }
+        if (pending->command != msg->hdr->command) {
+            error_setg(errp, "reply to %s (id %u) is for %s",
+                       vfio_user_command_name(pending->command), pending->id,
+                       vfio_user_command_name(msg->hdr->command));
+            return false;
+        }
+        pending->reply = *msg;
+        *msg = (VFIOUserMsg) { };
+        pending->done = true;
+        qemu_cond_broadcast(&proxy->cond);
+        return true;
+    }
+    if (!vfio_user_posted_reply(proxy, msg)) {
+        /* The reply to a request that timed out: its caller has gone */
+        trace_vfio_user_stale_reply(proxy->sockname, msg->hdr->id,
+                                    vfio_user_command_name(msg->hdr->command));
+    }
+    return true;
+}
+
 static int vfio_user_dispatch(VFIOUserProxy *proxy, VFIOUserMsg *msg,
                               Error **errp)
 {
@@ -392,13 +434,7 @@ static int vfio_user_dispatch(VFIOUserProxy *proxy, VFIOUserMsg *msg,
     case VFIO_USER_REQUEST:
         return vfio_user_serve_request(proxy, msg, errp);
     case VFIO_USER_REPLY:
-        if (vfio_user_posted_reply(proxy, msg)) {
-            return 0;
-        }
-        /* The reply to a request that timed out: its caller has gone */
-        trace_vfio_user_stale_reply(proxy->sockname, msg->hdr->id,
-                                    vfio_user_command_name(msg->hdr->command));
-        return 0;
+        return vfio_user_complete(proxy, msg, errp) ? 0 : -EPROTO;
     default:
         error_setg(errp, "message with unknown type 0x%x",
                    msg->hdr->flags & VFIO_USER_TYPE_MASK);
@@ -406,78 +442,112 @@ static int vfio_user_dispatch(VFIOUserProxy *proxy, VFIOUserMsg *msg,
     }
 }
 
-static void vfio_user_readable(void *opaque)
+/*
+ * The receive thread owns the socket's input: it hands each reply to the
+ * thread waiting for it and serves the server's requests (DMA by message
+ * reaches guest RAM without the BQL), so that a server's DMA is served
+ * whoever waits for what, and the main loop never waits for the server.
+ */
+static void *vfio_user_recv_thread(void *opaque)
 {
     VFIOUserProxy *proxy = opaque;
-    int64_t deadline = vfio_user_deadline(proxy);
-    unsigned int n;
 
-    /* The rest, if any, on the main loop's next round */
-    for (n = 0; n < VFIO_USER_MAX_DISPATCH && proxy->connected; n++) {
+    for (;;) {
         g_auto(VFIOUserMsg) msg = { };
         Error *err = NULL;
         int ret;
 
-        ret = vfio_user_recv(proxy, &msg, false, deadline, &err);
-        if (ret == -EAGAIN) {
-            return;
-        }
+        ret = vfio_user_recv(proxy, &msg, &err);
         if (ret == 0) {
             ret = vfio_user_dispatch(proxy, &msg, &err);
         }
         if (ret < 0) {
-            error_prepend(&err, "vfio-user %s: ", proxy->sockname);
+            /* If the link was shut down on purpose, that is old news */
             vfio_user_connection_lost(proxy, err, NULL);
-            return;
+            return NULL;
         }
     }
 }
 
 /*
- * Receive the next message, waiting until @deadline_ms at most.  Messages
- * that keep coming do not move the deadline: a server that sends request
- * after request never lets us wait for anything else.
+ * Wait on proxy->cond (with proxy->lock held) until woken or @deadline_ms;
+ * the caller checks again what it waits for.  With @release_bql, a vCPU
+ * thread lets the BQL go meanwhile, as hw/remote's mpqemu-link does: lock
+ * order is BQL, then proxy->lock.
  */
-static int vfio_user_recv_by(VFIOUserProxy *proxy, VFIOUserMsg *msg,
-                             int64_t deadline_ms, Error **errp)
+static void vfio_user_wait(VFIOUserProxy *proxy, int64_t deadline_ms,
+                           bool release_bql)
 {
-    if (qemu_clock_get_ms(QEMU_CLOCK_REALTIME) >= deadline_ms) {
-        vfio_user_set_timeout_error(proxy, "no reply from the server", errp);
-        return -ETIMEDOUT;
+    int64_t left = deadline_ms - qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+    bool unlocked = release_bql && current_cpu && bql_locked();
+
+    if (left <= 0) {
+        return;
     }
-    return vfio_user_recv(proxy, msg, true, deadline_ms, errp);
+    /*
+     * Let the BQL go with proxy->lock held: a reply that came in between
+     * would otherwise be signalled before we wait, and missed.
+     */
+    if (unlocked) {
+        bql_unlock();
+    }
+    qemu_cond_timedwait(&proxy->cond, &proxy->lock, MIN(left, INT_MAX));
+    if (unlocked) {
+        qemu_mutex_unlock(&proxy->lock);
+        bql_lock();
+        qemu_mutex_lock(&proxy->lock);
+    }
 }
 
 /*
- * Serve what the server sends until at most @limit posted requests await
- * their reply.  Returns 0 or a negative errno.
+ * vfio_user_send(), the BQL let go meanwhile (as in vfio_user_wait()) for
+ * a vCPU with @release_bql: a server that does not read must not stop
+ * QEMU either.
  */
-static int vfio_user_wait_posted(VFIOUserProxy *proxy, unsigned int limit,
-                                 Error **errp)
+static int vfio_user_send_unlocked(VFIOUserProxy *proxy, VFIOUserHdr *hdr,
+                                   const int *fds, size_t nfds,
+                                   bool release_bql, Error **errp)
+{
+    bool unlocked = release_bql && current_cpu && bql_locked();
+    int ret;
+
+    if (unlocked) {
+        bql_unlock();
+    }
+    ret = vfio_user_send(proxy, hdr, fds, nfds, errp);
+    if (unlocked) {
+        bql_lock();
+    }
+    return ret;
+}
+
+/*
+ * Wait, with proxy->lock held, until at most @limit posted requests await
+ * their reply.  Returns 0, or a negative errno with the link lost (and
+ * proxy->lock released, in that case only).
+ */
+static int vfio_user_wait_posted_locked(VFIOUserProxy *proxy,
+                                        unsigned int limit, bool release_bql,
+                                        Error **errp)
 {
     int64_t deadline = vfio_user_deadline(proxy);
     Error *err = NULL;
-    int ret = 0;
 
     while (proxy->connected && proxy->nr_posted > limit) {
-        g_auto(VFIOUserMsg) msg = { };
-
-        ret = vfio_user_recv_by(proxy, &msg, deadline, &err);
-        if (ret == 0) {
-            ret = vfio_user_dispatch(proxy, &msg, &err);
+        if (qemu_clock_get_ms(QEMU_CLOCK_REALTIME) >= deadline) {
+            trace_vfio_user_posted_timeout(proxy->sockname,
+                                           proxy->nr_posted);
+            vfio_user_set_timeout_error(proxy, "no reply to posted requests",
+                                        &err);
+            qemu_mutex_unlock(&proxy->lock);
+            vfio_user_connection_lost(proxy, err, NULL);
+            error_setg(errp, "vfio-user %s: %s", proxy->sockname,
+                       proxy->lost_reason);
+            return -ETIMEDOUT;
         }
-        if (ret < 0) {
-            if (ret == -ETIMEDOUT) {
-                trace_vfio_user_posted_timeout(proxy->sockname,
-                                               proxy->nr_posted);
-            }
-            error_prepend(&err, "vfio-user %s: waiting for posted replies: ",
-                          proxy->sockname);
-            vfio_user_connection_lost(proxy, err, errp);
-            return ret;
-        }
+        vfio_user_wait(proxy, deadline, release_bql);
     }
-    return ret;
+    return 0;
 }
 
 void vfio_user_request_init(VFIOUserHdr *hdr, uint16_t command, uint32_t size)
@@ -489,24 +559,27 @@ void vfio_user_request_init(VFIOUserHdr *hdr, uint16_t command, uint32_t size)
     };
 }
 
-/*
- * Send @req with @fds and wait for its reply, serving the server's own
- * requests meanwhile.  On success, the reply is in @reply (if not NULL;
- * free it with vfio_user_msg_free()).  Returns 0 or a negative errno.
- */
-int vfio_user_request(VFIOUserProxy *proxy, VFIOUserHdr *req,
-                      const int *fds, size_t nfds, VFIOUserMsg *reply,
-                      Error **errp)
+/* What a request that will not get its reply tells its caller */
+static int vfio_user_request_lost(VFIOUserProxy *proxy, const char *name,
+                                  uint16_t id, Error **errp)
+{
+    error_setg(errp, "vfio-user %s: %s (id %u) failed: %s", proxy->sockname,
+               name, id, proxy->lost_reason ?: "not connected");
+    return -ENOTCONN;
+}
+
+static int vfio_user_exchange(VFIOUserProxy *proxy, VFIOUserHdr *req,
+                              const int *fds, size_t nfds,
+                              VFIOUserMsg *reply, bool release_bql,
+                              Error **errp)
 {
     const char *name = vfio_user_command_name(req->command);
+    VFIOUserPending pending = { .command = req->command };
+    g_auto(VFIOUserMsg) msg = { };
     int64_t deadline;
     Error *err = NULL;
     int ret;
 
-    if (!proxy->connected) {
-        error_setg(errp, "vfio-user %s: not connected", proxy->sockname);
-        return -ENOTCONN;
-    }
     if (nfds > proxy->max_send_fds) {
         error_setg(errp, "vfio-user %s: %s needs %zu fds, the server "
                    "accepts %u", proxy->sockname, name, nfds,
@@ -514,6 +587,11 @@ int vfio_user_request(VFIOUserProxy *proxy, VFIOUserHdr *req,
         return -E2BIG;
     }
 
+    qemu_mutex_lock(&proxy->lock);
+    if (!proxy->connected) {
+        qemu_mutex_unlock(&proxy->lock);
+        return vfio_user_request_lost(proxy, name, proxy->next_id, errp);
+    }
     /*
      * Whoever waits for a reply comes after the posted writes, and hears
      * of their failure first.  It also keeps this request from crossing a
@@ -521,58 +599,89 @@ int vfio_user_request(VFIOUserProxy *proxy, VFIOUserHdr *req,
      * servers built on libvfio-user cannot take (they read the next
      * message as the reply to theirs).
      */
-    ret = vfio_user_wait_posted(proxy, 0, errp);
+    ret = vfio_user_wait_posted_locked(proxy, 0, release_bql, errp);
     if (ret < 0) {
         return ret;
     }
+    if (!proxy->connected) {
+        qemu_mutex_unlock(&proxy->lock);
+        return vfio_user_request_lost(proxy, name, proxy->next_id, errp);
+    }
+    req->id = pending.id = proxy->next_id++;
+    QTAILQ_INSERT_TAIL(&proxy->pending, &pending, next);
+    qemu_mutex_unlock(&proxy->lock);
 
-    req->id = proxy->next_id++;
-    ret = vfio_user_send(proxy, req, fds, nfds, &err);
+    ret = vfio_user_send_unlocked(proxy, req, fds, nfds, release_bql, &err);
     deadline = vfio_user_deadline(proxy);
 
     /*
      * A server that does not answer in time is treated as gone: waiting
      * the full timeout again for every later request would freeze the
      * guest (and an unplug with many DMA mappings) for as long as it has
-     * requests to make.
+     * requests to make.  The deadline is the reply's, however many
+     * messages the server sends meanwhile.
      */
-    while (ret == 0) {
-        g_auto(VFIOUserMsg) msg = { };
-
-        ret = vfio_user_recv_by(proxy, &msg, deadline, &err);
-        if (ret < 0) {
-            break;
-        }
-        if ((msg.hdr->flags & VFIO_USER_TYPE_MASK) != VFIO_USER_REPLY ||
-            msg.hdr->id != req->id) {
-            ret = vfio_user_dispatch(proxy, &msg, &err);
-            continue;
-        }
-        if (msg.hdr->command != req->command) {
-            error_setg(&err, "reply to %s (id %u) is for %s", name, req->id,
-                       vfio_user_command_name(msg.hdr->command));
-            ret = -EPROTO;
-            break;
-        }
-        if (msg.hdr->flags & VFIO_USER_ERROR) {
-            ret = vfio_user_reply_errno(msg.hdr);
-            error_setg_errno(errp, -ret, "vfio-user %s: server failed %s "
-                             "(error %u)", proxy->sockname, name,
-                             msg.hdr->error_reply);
-            return ret;
-        }
-        if (reply) {
-            *reply = msg;
-            msg = (VFIOUserMsg) { };
-        }
-        return 0;
+    qemu_mutex_lock(&proxy->lock);
+    while (ret == 0 && !pending.done && proxy->connected &&
+           qemu_clock_get_ms(QEMU_CLOCK_REALTIME) < deadline) {
+        vfio_user_wait(proxy, deadline, release_bql);
     }
+    QTAILQ_REMOVE(&proxy->pending, &pending, next);
+    msg = pending.reply;
+    qemu_mutex_unlock(&proxy->lock);
 
-    /* The link is unusable */
-    error_prepend(&err, "vfio-user %s: %s (id %u) failed: ", proxy->sockname,
-                  name, req->id);
-    vfio_user_connection_lost(proxy, err, errp);
-    return ret;
+    if (ret < 0) {
+        /* The link is unusable */
+        error_prepend(&err, "%s (id %u): ", name, req->id);
+        vfio_user_connection_lost(proxy, err, NULL);
+        return vfio_user_request_lost(proxy, name, req->id, errp);
+    }
+    if (!pending.done) {
+        if (qatomic_read(&proxy->connected)) {
+            vfio_user_set_timeout_error(proxy, "no reply from the server",
+                                        &err);
+            vfio_user_connection_lost(proxy, err, NULL);
+        }
+        return vfio_user_request_lost(proxy, name, req->id, errp);
+    }
+    if (msg.hdr->flags & VFIO_USER_ERROR) {
+        ret = vfio_user_reply_errno(msg.hdr);
+        error_setg_errno(errp, -ret, "vfio-user %s: server failed %s "
+                         "(error %u)", proxy->sockname, name,
+                         msg.hdr->error_reply);
+        return ret;
+    }
+    if (reply) {
+        *reply = msg;
+        msg = (VFIOUserMsg) { };
+    }
+    return 0;
+}
+
+/*
+ * Send @req with @fds and wait for its reply, while the receive thread
+ * serves the server's own requests.  On success, the reply is in @reply
+ * (if not NULL; free it with vfio_user_msg_free()).  Returns 0 or a
+ * negative errno.
+ */
+int vfio_user_request(VFIOUserProxy *proxy, VFIOUserHdr *req,
+                      const int *fds, size_t nfds, VFIOUserMsg *reply,
+                      Error **errp)
+{
+    return vfio_user_exchange(proxy, req, fds, nfds, reply, false, errp);
+}
+
+/*
+ * The same, for a guest's access to a BAR from a vCPU thread: the BQL
+ * goes while the reply is awaited, so that the monitor, the main loop and
+ * the other vCPUs run meanwhile.  hw/vfio's BAR accesses keep no device
+ * state across the call; the device cannot go away meanwhile, as the
+ * access holds the RCU read lock that keeps its memory regions alive.
+ */
+int vfio_user_request_unlocked(VFIOUserProxy *proxy, VFIOUserHdr *req,
+                               VFIOUserMsg *reply, Error **errp)
+{
+    return vfio_user_exchange(proxy, req, NULL, 0, reply, true, errp);
 }
 
 /*
@@ -581,35 +690,41 @@ int vfio_user_request(VFIOUserProxy *proxy, VFIOUserHdr *req,
  * Concurrency"), so anything sent later, whose reply is awaited, is done
  * after it; its reply is matched by id whenever it comes, and a failure
  * is reported then.  Only for requests whose failure the caller could not
- * act on anyway, such as a guest's write to a BAR.
+ * act on anyway, such as a guest's write to a BAR: when too many are in
+ * flight, the BQL goes while waiting, as for vfio_user_request_unlocked().
  */
 int vfio_user_request_posted(VFIOUserProxy *proxy, VFIOUserHdr *req,
                              Error **errp)
 {
+    const char *name = vfio_user_command_name(req->command);
     Error *err = NULL;
     int ret;
 
+    qemu_mutex_lock(&proxy->lock);
     if (!proxy->connected) {
-        error_setg(errp, "vfio-user %s: not connected", proxy->sockname);
-        return -ENOTCONN;
+        qemu_mutex_unlock(&proxy->lock);
+        return vfio_user_request_lost(proxy, name, proxy->next_id, errp);
     }
-    if (proxy->nr_posted == VFIO_USER_MAX_POSTED) {
-        ret = vfio_user_wait_posted(proxy, VFIO_USER_MAX_POSTED - 1, errp);
-        if (ret < 0) {
-            return ret;
-        }
-    }
-
-    req->id = proxy->next_id++;
-    ret = vfio_user_send(proxy, req, NULL, 0, &err);
+    ret = vfio_user_wait_posted_locked(proxy, VFIO_USER_MAX_POSTED - 1, true,
+                                       errp);
     if (ret < 0) {
-        error_prepend(&err, "vfio-user %s: posted %s (id %u) failed: ",
-                      proxy->sockname, vfio_user_command_name(req->command),
-                      req->id);
-        vfio_user_connection_lost(proxy, err, errp);
         return ret;
     }
+    if (!proxy->connected) {
+        qemu_mutex_unlock(&proxy->lock);
+        return vfio_user_request_lost(proxy, name, proxy->next_id, errp);
+    }
+    /* Before it is sent: the reply may come before we look again */
+    req->id = proxy->next_id++;
     proxy->posted[proxy->nr_posted++] = req->id;
+    qemu_mutex_unlock(&proxy->lock);
+
+    ret = vfio_user_send_unlocked(proxy, req, NULL, 0, true, &err);
+    if (ret < 0) {
+        error_prepend(&err, "posted %s (id %u): ", name, req->id);
+        vfio_user_connection_lost(proxy, err, NULL);
+        return vfio_user_request_lost(proxy, name, req->id, errp);
+    }
     return 0;
 }
 
@@ -618,11 +733,14 @@ void vfio_user_flush_posted(VFIOUserProxy *proxy)
 {
     Error *err = NULL;
 
-    if (proxy->nr_posted && vfio_user_wait_posted(proxy, 0, &err) < 0) {
+    qemu_mutex_lock(&proxy->lock);
+    if (vfio_user_wait_posted_locked(proxy, 0, false, &err) < 0) {
         trace_vfio_user_flush_failed(proxy->sockname,
                                      error_get_pretty(err));
         error_free(err);
+        return;
     }
+    qemu_mutex_unlock(&proxy->lock);
 }
 
 void vfio_user_add_lost_notifier(VFIOUserProxy *proxy, Notifier *notifier)
@@ -641,20 +759,63 @@ void vfio_user_set_deadline(VFIOUserProxy *proxy, int64_t deadline_ms)
     proxy->deadline_ms = deadline_ms;
 }
 
+/* Once this returns, the previous handler is not running, nor will it */
 void vfio_user_set_request_handler(VFIOUserProxy *proxy,
                                    VFIOUserRequestHandler *handler,
                                    void *opaque)
 {
+    QEMU_LOCK_GUARD(&proxy->handler_lock);
     proxy->request_handler = handler;
     proxy->request_opaque = opaque;
+}
+
+/* A non-blocking channel connected to @addr, that can pass fds */
+static QIOChannel *vfio_user_open(SocketAddress *addr, const char *sockname,
+                                  Error **errp)
+{
+    g_autoptr(QIOChannelSocket) sioc = qio_channel_socket_new();
+
+    if (qio_channel_socket_connect_sync(sioc, addr, errp) < 0) {
+        error_prepend(errp, "vfio-user %s: ", sockname);
+        return NULL;
+    }
+    if (!qio_channel_has_feature(QIO_CHANNEL(sioc),
+                                 QIO_CHANNEL_FEATURE_FD_PASS)) {
+        error_setg(errp, "vfio-user %s: not a UNIX socket", sockname);
+        return NULL;
+    }
+    qio_channel_set_name(QIO_CHANNEL(sioc), "vfio-user");
+    if (qio_channel_set_blocking(QIO_CHANNEL(sioc), false, errp) < 0) {
+        return NULL;
+    }
+    return QIO_CHANNEL(g_steal_pointer(&sioc));
+}
+
+static void vfio_user_start_receiving(VFIOUserProxy *proxy)
+{
+    g_autofree char *thread_name = g_strdup_printf("vfio-user-%d",
+                                                   vfio_user_fd(proxy));
+
+    qemu_thread_create(&proxy->recv_thread, thread_name,
+                       vfio_user_recv_thread, proxy, QEMU_THREAD_JOINABLE);
+    proxy->receiving = true;
+}
+
+static void vfio_user_stop_receiving(VFIOUserProxy *proxy)
+{
+    if (proxy->receiving) {
+        qio_channel_shutdown(proxy->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+        qemu_thread_join(&proxy->recv_thread);
+        proxy->receiving = false;
+    }
 }
 
 VFIOUserProxy *vfio_user_connect(SocketAddress *addr, uint32_t timeout_ms,
                                  Error **errp)
 {
-    g_autoptr(QIOChannelSocket) sioc = NULL;
     g_autofree char *sockname = NULL;
     VFIOUserProxy *proxy;
+    QIOChannel *ioc;
 
     switch (addr->type) {
     case SOCKET_ADDRESS_TYPE_UNIX:
@@ -669,45 +830,94 @@ VFIOUserProxy *vfio_user_connect(SocketAddress *addr, uint32_t timeout_ms,
         return NULL;
     }
 
-    sioc = qio_channel_socket_new();
-    if (qio_channel_socket_connect_sync(sioc, addr, errp) < 0) {
-        error_prepend(errp, "vfio-user %s: ", sockname);
-        return NULL;
-    }
-    if (!qio_channel_has_feature(QIO_CHANNEL(sioc),
-                                 QIO_CHANNEL_FEATURE_FD_PASS)) {
-        error_setg(errp, "vfio-user %s: not a UNIX socket", sockname);
-        return NULL;
-    }
-    qio_channel_set_name(QIO_CHANNEL(sioc), "vfio-user");
-    if (qio_channel_set_blocking(QIO_CHANNEL(sioc), false, errp) < 0) {
+    ioc = vfio_user_open(addr, sockname, errp);
+    if (!ioc) {
         return NULL;
     }
 
     proxy = g_new0(VFIOUserProxy, 1);
-    proxy->ioc = QIO_CHANNEL(g_steal_pointer(&sioc));
+    proxy->ioc = ioc;
     proxy->sockname = g_steal_pointer(&sockname);
     proxy->timeout_ms = timeout_ms;
     proxy->connected = true;
+    qemu_mutex_init(&proxy->lock);
+    qemu_mutex_init(&proxy->send_lock);
+    qemu_mutex_init(&proxy->handler_lock);
+    qemu_cond_init(&proxy->cond);
+    QTAILQ_INIT(&proxy->pending);
     notifier_list_init(&proxy->lost_notifiers);
+    proxy->lost_bh = qemu_bh_new(vfio_user_lost_bh, proxy);
     /* Until the server says otherwise */
     proxy->max_send_fds = VFIO_USER_DEF_MAX_FDS;
     proxy->max_xfer_size = VFIO_USER_DEF_MAX_XFER;
     trace_vfio_user_connect(proxy->sockname);
+    vfio_user_start_receiving(proxy);
     return proxy;
+}
+
+/*
+ * After the server went away: connect to @addr again and negotiate.  The
+ * proxy stays the same object, so that what points at it need not know;
+ * requests of the old connection have all failed by now.  Replaying the
+ * device's state is the caller's.  Runs with the BQL held.
+ */
+bool vfio_user_reconnect(VFIOUserProxy *proxy, SocketAddress *addr,
+                         Error **errp)
+{
+    QIOChannel *ioc;
+
+    assert(!vfio_user_connected(proxy));
+    ioc = vfio_user_open(addr, proxy->sockname, errp);
+    if (!ioc) {
+        return false;
+    }
+    vfio_user_stop_receiving(proxy);
+    qio_channel_close(proxy->ioc, NULL);
+    object_unref(OBJECT(proxy->ioc));
+    proxy->ioc = ioc;
+    proxy->established = false;
+
+    WITH_QEMU_LOCK_GUARD(&proxy->lock) {
+        g_free(proxy->lost_reason);
+        proxy->lost_reason = NULL;
+        proxy->nr_posted = 0;
+        proxy->posted_error_reported = false;
+        /* Until the new server says otherwise */
+        proxy->max_send_fds = VFIO_USER_DEF_MAX_FDS;
+        proxy->max_xfer_size = VFIO_USER_DEF_MAX_XFER;
+        qatomic_set(&proxy->connected, true);
+    }
+    trace_vfio_user_connect(proxy->sockname);
+    vfio_user_start_receiving(proxy);
+    return vfio_user_negotiate(proxy, errp);
+}
+
+/*
+ * Give up on the server, as if it had gone away, @err saying why; without
+ * a report of its own, the caller's to make.
+ */
+void vfio_user_drop(VFIOUserProxy *proxy, Error *err)
+{
+    proxy->established = false;
+    vfio_user_connection_lost(proxy, err, NULL);
 }
 
 void vfio_user_disconnect(VFIOUserProxy *proxy)
 {
     /* Let the guest's last writes land, and hear of their failures */
     vfio_user_flush_posted(proxy);
-    if (proxy->connected) {
-        qemu_set_fd_handler(vfio_user_fd(proxy), NULL, NULL, NULL);
-        qio_channel_shutdown(proxy->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+    WITH_QEMU_LOCK_GUARD(&proxy->lock) {
+        qatomic_set(&proxy->connected, false);
     }
+    vfio_user_stop_receiving(proxy);
     trace_vfio_user_disconnect(proxy->sockname);
+    qemu_bh_delete(proxy->lost_bh);
     qio_channel_close(proxy->ioc, NULL);
     object_unref(OBJECT(proxy->ioc));
+    qemu_cond_destroy(&proxy->cond);
+    qemu_mutex_destroy(&proxy->handler_lock);
+    qemu_mutex_destroy(&proxy->send_lock);
+    qemu_mutex_destroy(&proxy->lock);
     g_free(proxy->lost_reason);
     g_free(proxy->sockname);
     g_free(proxy);
@@ -861,7 +1071,5 @@ bool vfio_user_negotiate(VFIOUserProxy *proxy, Error **errp)
                             proxy->max_send_fds, proxy->max_xfer_size);
 
     proxy->established = true;
-    qemu_set_fd_handler(vfio_user_fd(proxy), vfio_user_readable, NULL,
-                        proxy);
     return true;
 }

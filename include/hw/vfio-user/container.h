@@ -14,11 +14,14 @@
 typedef struct VFIOUserContainer {
     VFIOContainerBase bcontainer;
     VFIOUserProxy *proxy;
+    QemuMutex lock;         /* for the receive thread's DMA checks */
     IOVATree *mappings;     /* what the server was given, by IOVA */
     unsigned nr_mappings;   /* how many: servers may cap it */
 } VFIOUserContainer;
 
 #define TYPE_VFIO_IOMMU_USER TYPE_VFIO_IOMMU "-user"
 OBJECT_DECLARE_SIMPLE_TYPE(VFIOUserContainer, VFIO_IOMMU_USER)
+
+bool vfio_user_container_replay(VFIOUserContainer *container, Error **errp);
 
 #endif /* HW_VFIO_USER_CONTAINER_H */

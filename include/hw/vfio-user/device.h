@@ -18,10 +18,19 @@ typedef struct VFIOUserRegion {
     VFIOUserIOFDs *iofds;   /* parts reached through fds of their own */
 } VFIOUserRegion;
 
+/* An interrupt index's eventfds, by vector (-1: none), for replay */
+typedef struct VFIOUserIRQFds {
+    int *fds;
+    uint32_t nr;
+} VFIOUserIRQFds;
+
 typedef struct VFIOUserDevice {
     VFIOUserProxy *proxy;
     VFIOUserRegion *regions;
     unsigned int num_regions;
+    /* By index, trigger then unmask: what hw/vfio wired, for replay */
+    VFIOUserIRQFds *irq_fds;
+    unsigned int num_irqs;
     bool posted_writes;     /* BAR writes do not wait for their reply */
     bool mmap_unsealed;     /* map region files the server may shrink */
     unsigned int io_fds_budget; /* I/O fds the regions may still take */
@@ -36,6 +45,8 @@ bool vfio_user_device_attach(VFIODevice *vbasedev, VFIOUserDevice *udev,
                              Error **errp);
 void vfio_user_device_detach(VFIODevice *vbasedev);
 void vfio_user_device_add_cause(VFIOUserDevice *udev, Error **errp);
+bool vfio_user_device_check_same(VFIODevice *vbasedev, Error **errp);
+bool vfio_user_device_replay(VFIODevice *vbasedev, Error **errp);
 void vfio_user_device_setup_io_fds(VFIODevice *vbasedev, VFIORegion *region,
                                    bool pio);
 void vfio_user_device_drop_io_fds(VFIODevice *vbasedev);

@@ -10,6 +10,8 @@
 
 #include "io/channel-socket.h"
 #include "qemu/notify.h"
+#include "qemu/queue.h"
+#include "qemu/thread.h"
 #include "qapi/qapi-types-sockets.h"
 #include "hw/vfio-user/protocol.h"
 
@@ -45,14 +47,23 @@ G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(VFIOUserMsg, vfio_user_msg_free)
 typedef VFIOUserHdr *VFIOUserRequestHandler(void *opaque, VFIOUserMsg *req,
                                             uint32_t *error);
 
+/* A request whose reply is awaited, on its sender's stack */
+typedef struct VFIOUserPending {
+    uint16_t id;
+    uint16_t command;
+    bool done;                  /* the reply is in @reply */
+    VFIOUserMsg reply;
+    QTAILQ_ENTRY(VFIOUserPending) next;
+} VFIOUserPending;
+
 struct VFIOUserProxy {
     QIOChannel *ioc;
     char *sockname;             /* names the connection in messages */
-    uint16_t next_id;
     uint32_t timeout_ms;        /* for each request's reply */
     int64_t deadline_ms;        /* if not 0, for every reply (realize) */
-    bool connected;
     bool established;           /* negotiated: the device may be in use */
+    QemuThread recv_thread;     /* reads everything the server sends */
+    bool receiving;             /* @recv_thread is to be joined */
 
     /* What the server accepts, from its VERSION reply */
     uint16_t minor;
@@ -60,17 +71,31 @@ struct VFIOUserProxy {
     uint64_t max_xfer_size;
     uint64_t migr_pgsize;
 
-    VFIOUserRequestHandler *request_handler;
-    void *request_opaque;
-
+    /*
+     * @lock protects what follows, up to @send_lock; @cond is broadcast
+     * when a reply comes and when the connection is lost.
+     */
+    QemuMutex lock;
+    QemuCond cond;
+    bool connected;             /* read without @lock with qatomic_read() */
+    uint16_t next_id;
+    QTAILQ_HEAD(, VFIOUserPending) pending;
     /* Posted requests whose reply has not come yet, oldest first */
     uint16_t posted[VFIO_USER_MAX_POSTED];
     unsigned int nr_posted;
     bool posted_error_reported;
+    char *lost_reason;          /* set once the connection is lost */
 
-    /* Told once the connection is lost, and why */
+    QemuMutex send_lock;        /* one message at a time on the socket */
+
+    /* Serves the server's requests, in the receive thread */
+    QemuMutex handler_lock;
+    VFIOUserRequestHandler *request_handler;
+    void *request_opaque;
+
+    /* Told in the main loop once the connection is lost */
     NotifierList lost_notifiers;
-    char *lost_reason;
+    QEMUBH *lost_bh;
 };
 
 VFIOUserProxy *vfio_user_connect(SocketAddress *addr, uint32_t timeout_ms,
@@ -80,17 +105,28 @@ void vfio_user_set_request_handler(VFIOUserProxy *proxy,
                                    VFIOUserRequestHandler *handler,
                                    void *opaque);
 void vfio_user_disconnect(VFIOUserProxy *proxy);
+bool vfio_user_reconnect(VFIOUserProxy *proxy, SocketAddress *addr,
+                         Error **errp);
+void vfio_user_drop(VFIOUserProxy *proxy, Error *err);
 
 void vfio_user_request_init(VFIOUserHdr *hdr, uint16_t command,
                             uint32_t size);
 int vfio_user_request(VFIOUserProxy *proxy, VFIOUserHdr *req,
                       const int *fds, size_t nfds, VFIOUserMsg *reply,
                       Error **errp);
+int vfio_user_request_unlocked(VFIOUserProxy *proxy, VFIOUserHdr *req,
+                               VFIOUserMsg *reply, Error **errp);
 int vfio_user_request_posted(VFIOUserProxy *proxy, VFIOUserHdr *req,
                              Error **errp);
 void vfio_user_flush_posted(VFIOUserProxy *proxy);
 void vfio_user_add_lost_notifier(VFIOUserProxy *proxy, Notifier *notifier);
 void vfio_user_set_deadline(VFIOUserProxy *proxy, int64_t deadline_ms);
 int vfio_user_reply_errno(const VFIOUserHdr *hdr);
+
+/* Whether the server is still there, from any thread */
+static inline bool vfio_user_connected(VFIOUserProxy *proxy)
+{
+    return qatomic_read(&proxy->connected);
+}
 
 #endif /* HW_VFIO_USER_PROXY_H */
