@@ -31,8 +31,11 @@
  *   vectors, 64-bit, per-vector masking) at MSI_CAP_POS, which this
  *   libvfio-user cannot add itself: we emulate it.
  *
- * usage: vfio-user-test-server SOCKET_PATH
- * Serves one client after another until killed.
+ * usage: vfio-user-test-server [--state FILE] SOCKET_PATH
+ * Serves one client after another until killed.  With --state, the
+ * registers the client writes (SCRATCH0 up to DMA_SUM) are kept in FILE
+ * and taken from it at start, as a device whose server crashed and was
+ * restarted would keep them; everything else starts afresh.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -112,6 +115,7 @@ struct raw_dma {
 #define DMA_MAX         (64 * 1024)
 
 static uint8_t regs[BAR0_SIZE];
+static int state_fd = -1;
 static uint8_t *bar1;
 static uint8_t dma_buf[DMA_MAX];
 
@@ -341,6 +345,11 @@ static ssize_t bar0_access(vfu_ctx_t *ctx, char *buf, size_t count,
         return -1;
     }
     memcpy(regs + offset, buf, count);
+    if (state_fd >= 0 &&
+        pwrite(state_fd, regs + REG_SCRATCH0, REG_DMA_SUM - REG_SCRATCH0,
+               REG_SCRATCH0) < 0) {
+        err(EXIT_FAILURE, "saving the state");
+    }
     return count;
 }
 
@@ -457,8 +466,18 @@ int main(int argc, char **argv)
     ssize_t msix_pos;
     int fd;
 
+    if (argc == 4 && !strcmp(argv[1], "--state")) {
+        state_fd = open(argv[2], O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (state_fd < 0 ||
+            pread(state_fd, regs + REG_SCRATCH0, REG_DMA_SUM - REG_SCRATCH0,
+                  REG_SCRATCH0) < 0) {
+            err(EXIT_FAILURE, "state file %s", argv[2]);
+        }
+        argv += 2;
+        argc -= 2;
+    }
     if (argc != 2) {
-        errx(EXIT_FAILURE, "usage: %s SOCKET_PATH", argv[0]);
+        errx(EXIT_FAILURE, "usage: %s [--state FILE] SOCKET_PATH", argv[0]);
     }
     /* A client that drops us must not kill us: we serve the next one */
     signal(SIGPIPE, SIG_IGN);

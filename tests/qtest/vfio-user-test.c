@@ -97,6 +97,34 @@ static TestServer *server_start_args(const char *path, const char *what,
     return s;
 }
 
+/* Kill @s, as a crash would, and start @path @args on the same socket */
+static void server_restart(TestServer *s, const char *path,
+                           const char *const *args)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
+
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, NULL, 0);
+    g_spawn_close_pid(s->pid);
+    close(s->stdin_fd);
+    unlink(s->sock);
+
+    g_ptr_array_add(argv, (char *)path);
+    while (args && *args) {
+        g_ptr_array_add(argv, (char *)*args++);
+    }
+    g_ptr_array_add(argv, s->sock);
+    g_ptr_array_add(argv, NULL);
+    g_spawn_async_with_pipes(NULL, (char **)argv->pdata, NULL,
+                             G_SPAWN_DO_NOT_REAP_CHILD |
+                             G_SPAWN_STDOUT_TO_DEV_NULL,
+                             NULL, NULL, &s->pid, &s->stdin_fd, NULL, NULL,
+                             &err);
+    g_assert_no_error(err);
+    g_assert_true(wait_for_file(s->sock));
+}
+
 static TestServer *server_start(const char *path, const char *what,
                                 bool quiet)
 {
@@ -720,6 +748,77 @@ static bool msix_arrived(TestDev *t, int vector)
  * them: a message lands in guest RAM).  Any mix of vectors works; masking
  * holds a message back as pending, unmasking delivers it.
  */
+/*
+ * A server that dies and comes back (reconnect-ms): the test server keeps
+ * its registers in a file, and gets the rest from QEMU: config space
+ * (MSI-X enabled), DMA mappings and the vectors' eventfds.  The guest sees
+ * its registers, its interrupts and DMA work as before, and QEMU holds
+ * the same fds as before the crash.
+ */
+static void test_reconnect(void)
+{
+    const char *path = g_getenv("VFIO_USER_TEST_SERVER") ?:
+                       "tests/qtest/vfio-user-test-server";
+    g_autofree char *state_dir = g_dir_make_tmp("vfio-user-state-XXXXXX",
+                                                NULL);
+    g_autofree char *state = g_build_filename(state_dir, "regs", NULL);
+    const char *args[] = { "--state", state, NULL };
+    /*
+     * This libvfio-user DMAs by message to the start of the mapping that
+     * holds the address (it drops the offset in it): use a start.
+     */
+    const uint64_t dma_addr = 0x100000;
+    QDict *ev;
+    TestDev t;
+    pid_t pid;
+    int fds, i;
+
+    t.server = server_start_args(path, "vfio-user test server", false, args);
+    if (!guest_start(&t, "pc", ",id=vu0,reconnect-ms=50,x-no-mmap=on")) {
+        return;
+    }
+    t.bar0 = qpci_iomap(t.dev, 0, NULL);
+    qpci_io_writeq(t.dev, t.bar0, TS_SCRATCH0, 0x0123456789abcdefULL);
+    qpci_msix_enable(t.dev);
+    msix_program(&t, 3, false);
+    qtest_memset(t.qts, MSIX_RAM, 0, TS_NR_MSIX * 4);
+    msix_fire(&t, 3);
+    g_assert_true(msix_arrived(&t, 3));
+    pid = qtest_pid(t.qts);
+    fds = count_fds(pid);
+
+    /* Twice over: a replayed device must survive the next crash too */
+    for (i = 0; i < 2; i++) {
+        server_restart(t.server, path, args);
+        ev = qtest_qmp_eventwait_ref(t.qts, "VFIO_USER_DISCONNECTED");
+        g_assert_cmpstr(qdict_get_str(qdict_get_qdict(ev, "data"),
+                                      "device-id"), ==, "vu0");
+        qobject_unref(ev);
+        ev = qtest_qmp_eventwait_ref(t.qts, "VFIO_USER_RECONNECTED");
+        g_assert_cmpstr(qdict_get_str(qdict_get_qdict(ev, "data"),
+                                      "socket"), ==, t.server->sock);
+        qobject_unref(ev);
+
+        g_assert_cmphex(qpci_io_readl(t.dev, t.bar0, 0), ==, TS_ID);
+        g_assert_cmphex(qpci_io_readq(t.dev, t.bar0, TS_SCRATCH0), ==,
+                        0x0123456789abcdefULL);
+        qtest_memset(t.qts, MSIX_RAM, 0, TS_NR_MSIX * 4);
+        msix_fire(&t, 3);
+        g_assert_true(msix_arrived(&t, 3));
+
+        qtest_memset(t.qts, dma_addr, 0, 64);
+        qpci_io_writeq(t.dev, t.bar0, TS_DMA_ADDR, dma_addr);
+        qpci_io_writeq(t.dev, t.bar0, TS_DMA_LEN, 64);
+        qpci_io_writeb(t.dev, t.bar0, TS_DMA_FILL, 0x5a + i);
+        g_assert_cmpuint(test_dev_cmd(&t, TS_CMD_DMA_WRITE), ==, 0);
+        g_assert_cmphex(qtest_readb(t.qts, dma_addr + 63), ==, 0x5a + i);
+        g_assert_cmpint(count_fds(pid), ==, fds);
+    }
+    test_dev_stop(&t);
+    unlink(state);
+    rmdir(state_dir);
+}
+
 static void test_msix(void)
 {
     TestDev t;
@@ -1023,9 +1122,10 @@ static void test_server_death(void)
     server_stop(s);
 }
 
-static int count_fds(pid_t pid)
+/* Entries of /proc/PID/@what: "fd" for open fds, "task" for threads */
+static int count_proc_entries(pid_t pid, const char *what)
 {
-    g_autofree char *path = g_strdup_printf("/proc/%d/fd", pid);
+    g_autofree char *path = g_strdup_printf("/proc/%d/%s", pid, what);
     GDir *dir = g_dir_open(path, 0, NULL);
     int n = 0;
 
@@ -1035,6 +1135,11 @@ static int count_fds(pid_t pid)
     }
     g_dir_close(dir);
     return n;
+}
+
+static int count_fds(pid_t pid)
+{
+    return count_proc_entries(pid, "fd");
 }
 
 static void plug_cycle(QTestState *qts, QPCIBus *bus, TestServer *s)
@@ -2290,19 +2395,22 @@ static void hostile_unplug(Hostile *h)
                   (g_get_monotonic_time() - start) / 1000);
 }
 
-/* QEMU gives back every fd the row gave it; some go from a bottom half */
-static void hostile_check_fds(Hostile *h, int before)
+/*
+ * QEMU gives back every fd the row gave it (some go from a bottom half),
+ * and ends every thread it started (the connection's receive thread).
+ */
+static void hostile_check_left(Hostile *h, const char *what, int before)
 {
     pid_t pid = qtest_pid(h->qts);
-    int i, now = count_fds(pid);
+    int i, now = count_proc_entries(pid, what);
 
     for (i = 0; i < 2000 / 10 && now != before; i++) {
         g_usleep(10 * 1000);
-        now = count_fds(pid);
+        now = count_proc_entries(pid, what);
     }
     if (now != before) {
-        g_printerr("hostile %s: QEMU had %d fds before, %d after\n",
-                   h->c->name, before, now);
+        g_printerr("hostile %s: QEMU had %d %s entries before, %d after\n",
+                   h->c->name, before, what, now);
     }
     g_assert_cmpint(now, ==, before);
 }
@@ -2315,7 +2423,7 @@ static void hostile_run(const HostileCase *c)
     const char *desc = NULL;
     QDict *resp, *error;
     uint16_t vendor;
-    int fds_before;
+    int fds_before, threads_before;
 
     h.dir = g_strdup(g_getenv("VFIO_USER_HOSTILE_DIR"));
     g_assert_nonnull(h.dir);
@@ -2332,6 +2440,7 @@ static void hostile_run(const HostileCase *c)
     h.bus = qpci_new_pc(h.qts, NULL);
     hostile_root_port_init(&h);
     fds_before = count_fds(qtest_pid(h.qts));
+    threads_before = count_proc_entries(qtest_pid(h.qts), "task");
 
     hostile_stage(&h, "device_add");
     resp = qtest_qmp(h.qts, "{'execute': 'device_add', 'arguments': "
@@ -2412,7 +2521,8 @@ static void hostile_run(const HostileCase *c)
     hostile_stage(&h, "final checks");
     g_assert_true(qtest_probe_child(h.qts));
     hostile_responsive(&h, "at the end");
-    hostile_check_fds(&h, fds_before);
+    hostile_check_left(&h, "fd", fds_before);
+    hostile_check_left(&h, "task", threads_before);
     err_text = hostile_file(h.qemu_err);
     if (c->warn && !hostile_contains(err_text, c->warn)) {
         g_printerr("hostile %s: QEMU's stderr lacks '%s'\n", c->name,
@@ -2756,6 +2866,7 @@ int main(int argc, char **argv)
     qtest_add_func("/vfio-user/raw-server/reset-unplug",
                    test_raw_reset_unplug);
     qtest_add_func("/vfio-user/raw-server/server-hang", test_raw_server_hang);
+    qtest_add_func("/vfio-user/test-server/reconnect", test_reconnect);
     qtest_add_func("/vfio-user/raw-server/server-death",
                    test_raw_server_death);
     qtest_add_func("/vfio-user/raw-server/posted-writes",
