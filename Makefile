@@ -102,7 +102,8 @@ $(GUEST)/msix-guest.elf $(GUEST)/msi-guest.elf: $(MSIX_GUEST_SRC)
 		-Wl,-T,harness/guest/msix-guest/link.ld $(GUEST_CFLAGS) -o $@ \
 		harness/guest/msix-guest/entry.S harness/guest/msix-guest/main.c
 
-# Times and checks register accesses (harness/bench, harness/kvm-iofds.sh)
+# Times and checks register accesses (harness/bench, harness/kvm-iofds.sh);
+# keeps a device busy beside a vCPU that is not (harness/bql-wait.sh)
 $(GUEST)/bench-guest.elf: $(BENCH_GUEST_SRC)
 	@mkdir -p $(GUEST)
 	gcc -m32 -march=i686 -ffreestanding -fno-pic -fno-pie \
@@ -125,6 +126,10 @@ check: qemu guest
 		"$(REPO)/harness/kvm-iofds.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/tcg-iofds tcg" \
 		"kvm: bare-metal guest, ioeventfd doorbells signalled by KVM" \
 		"$(REPO)/harness/kvm-iofds.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/kvm-iofds kvm" \
+		"tcg: monitor and other vCPUs run while a vCPU waits for a stopped server" \
+		"$(REPO)/harness/bql-wait.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/tcg-bql-wait tcg" \
+		"kvm: monitor and other vCPUs run while a vCPU waits for a stopped server" \
+		"$(REPO)/harness/bql-wait.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/kvm-bql-wait kvm" \
 		"series: export, git am, checkpatch" \
 		"$(MAKE) -C $(REPO) --no-print-directory check-series"
 

@@ -4,10 +4,12 @@
  * guest's boot stay out of the numbers.  The Makefile builds it (make
  * guest); harness/bench/run.sh runs it on -M pc under TCG, and under KVM
  * where KVM is usable, and harness/kvm-iofds.sh checks, from the counts
- * it prints, which path each kind of access took.
+ * it prints, which path each kind of access took.  In mode=hammer it is
+ * instead the guest of harness/bql-wait.sh: a device driver that never
+ * stops touching its device, beside a vCPU that never touches it.
  *
  * Command line (-append):
- *   [mode=mmio|msix] [n=MAX] [budget_ms=MS] [reps=R] [pm=guest]
+ *   [mode=mmio|msix|hammer] [n=MAX] [budget_ms=MS] [reps=R] [pm=guest]
  *
  * mode=mmio (default): rows of 4-byte accesses to
  *   - BAR0 of the raw vfio-user test server (1b36:00f1): the scratch
@@ -23,6 +25,14 @@
  *   rounds of trigger-then-wait-for-the-interrupt, and plain writes of a
  *   scratch register of the same BAR, so that the difference is the cost
  *   of delivering the interrupt.
+ * mode=hammer (needs -smp 2): the BSP writes a counter to the raw test
+ *   server's scratch register (BAR0 0x10) and reads it back, for ever,
+ *   with a line every n such pairs; it starts the second vCPU (the AP,
+ *   by INIT-SIPI-SIPI through the local APIC, at a real-mode trampoline
+ *   from entry.S) which never touches the device and prints a tick line
+ *   every TICK_MS of its TSC; it also counts its ticks in ap_ticks.  The
+ *   two share COM1 a line at a time.  Nothing but a failed start ends
+ *   it: the host kills it.
  *
  * The rows run R times over (reps=R, default 3), in turn, so that a burst
  * of load on the host spoils one pass of a row rather than all of it.
@@ -49,6 +59,9 @@
  *                (+ with the raw server: region_reads= region_writes=
  *                 e0= .. e3=, what the server counted during the pass)
  *   BENCH-GUEST: entry k=K count=C last=V size=S offset=O closed=F
+ *   BENCH-GUEST: ap started / hammer pairs=P bad=B / tick n=K ms=M
+ *                (mode=hammer: B reads that did not return what was
+ *                 written; M the AP's TSC time since it started)
  *   BENCH-GUEST: done ok|fail
  * then it leaves through isa-debug-exit (port 0xf4): QEMU exits with 1
  * when the guest is content, 3 otherwise.
@@ -97,7 +110,17 @@
 #define TS_BAR1         0xe0202000u
 #define TS_BAR2         0xe0204000u
 #define LAPIC           0xfee00000u
+#define LAPIC_EOI       0x0b0
+#define LAPIC_SVR       0x0f0
+#define LAPIC_ICR_LO    0x300
+#define LAPIC_ICR_HI    0x310
+#define ICR_INIT        0x00000500u
+#define ICR_STARTUP     0x00000600u
+#define ICR_PENDING     0x00001000u     /* delivery status */
+#define ICR_ASSERT      0x00004000u
+#define ICR_ALL_BUT_SELF 0x000c0000u
 #define IRQ_VECTOR      0x40
+#define TICK_MS         50
 
 #define PM_HZ           3579545u
 #define PM_MASK         0xffffffu
@@ -134,8 +157,18 @@ static int failed;
 static uint32_t max_n = DEFAULT_N;
 static uint32_t budget_ms = DEFAULT_BUDGET_MS;
 static uint32_t reps = DEFAULT_REPS;
-static int msix_mode;
+static enum {
+    MODE_MMIO,
+    MODE_MSIX,
+    MODE_HAMMER,
+} mode;
+static const char *const mode_names[] = { "mmio", "msix", "hammer" };
 static int pm_force;     /* pm=guest: program the PM base even if set */
+/* mode=hammer: volatile, the other vCPU watches them */
+static volatile uint32_t serial_busy;
+static volatile uint32_t ap_alive;
+/* The AP's ticks, for a look from the host (nm for where, HMP xp) */
+volatile uint32_t ap_ticks;
 
 static inline void outb(uint16_t port, uint8_t v)
 {
@@ -232,8 +265,27 @@ static void kv(const char *key, uint64_t v)
     putu64(v);
 }
 
+/*
+ * mode=hammer: both vCPUs print, a line at a time.  No pause while
+ * waiting, as in ap_main.
+ */
+static void serial_lock(void)
+{
+    while (__atomic_exchange_n(&serial_busy, 1, __ATOMIC_ACQUIRE)) {
+        while (serial_busy) {
+            /* nothing */
+        }
+    }
+}
+
+static void serial_unlock(void)
+{
+    __atomic_store_n(&serial_busy, 0, __ATOMIC_RELEASE);
+}
+
 static void finish(void)
 {
+    serial_lock();                      /* for good: QEMU exits next */
     puts_serial(failed ? "BENCH-GUEST: done fail\n" : "BENCH-GUEST: done ok\n");
     /* isa-debug-exit: QEMU exits with (value << 1) | 1 */
     outb(DEBUG_EXIT_PORT, failed ? 1 : 0);
@@ -244,9 +296,11 @@ static void finish(void)
 
 static void fail(const char *why)
 {
+    serial_lock();
     puts_serial("BENCH-GUEST: error ");
     puts_serial(why);
     puts_serial("\n");
+    serial_unlock();
     failed = 1;
     finish();
 }
@@ -624,7 +678,9 @@ static void parse_cmdline(struct mb_info *mbi)
             num = &reps;
             s += 5;
         } else if (prefix(s, "mode=msix")) {
-            msix_mode = 1;
+            mode = MODE_MSIX;
+        } else if (prefix(s, "mode=hammer")) {
+            mode = MODE_HAMMER;
         } else if (prefix(s, "pm=guest")) {
             pm_force = 1;
         }
@@ -709,7 +765,7 @@ static struct idt_entry idt[256];
 void irq_handler(void)
 {
     irq_count++;
-    mmio_write(LAPIC + 0xb0, 0);        /* EOI */
+    mmio_write(LAPIC + LAPIC_EOI, 0);
 }
 
 void fault_handler(void)
@@ -752,7 +808,7 @@ static void msix_rows(void)
     __asm__ volatile("lidt %0" : : "m"(idtr));
     outb(0x21, 0xff);                   /* mask both 8259s */
     outb(0xa1, 0xff);
-    mmio_write(LAPIC + 0xf0, 0x1ff);    /* APIC on, spurious vector 0xff */
+    mmio_write(LAPIC + LAPIC_SVR, 0x1ff); /* APIC on, spurious vector 0xff */
 
     set_bar(ts, 0, TS_BAR0);
     set_bar(ts, 1, TS_BAR1);
@@ -791,6 +847,119 @@ static void msix_rows(void)
     puts_serial("\n");
 }
 
+/* An IPI to every other CPU, once the previous one has gone */
+static void ipi_others(uint32_t icr)
+{
+    mmio_write(LAPIC + LAPIC_ICR_HI, 0);
+    mmio_write(LAPIC + LAPIC_ICR_LO, ICR_ALL_BUT_SELF | ICR_ASSERT | icr);
+    while (mmio_read(LAPIC + LAPIC_ICR_LO) & ICR_PENDING) {
+        /* nothing */
+    }
+}
+
+/*
+ * Start the AP as an OS does: INIT (after the firmware it sleeps in a
+ * halt loop; INIT makes it wait for a SIPI), 10 ms, SIPI, and a second
+ * SIPI if the first was lost (one that comes after the AP started is
+ * ignored).  The SIPI's vector is the page where the AP starts.
+ */
+static void start_ap(void)
+{
+    /* volatile: a copy loop that the compiler must not make a memcpy() */
+    volatile char *dst = (volatile char *)AP_TRAMPOLINE;
+    const char *src;
+    uint64_t end;
+
+    for (src = ap_trampoline; src < ap_trampoline_end; src++) {
+        *dst++ = *src;
+    }
+    mmio_write(LAPIC + LAPIC_SVR, 0x1ff); /* APIC on, spurious vector 0xff */
+    ipi_others(ICR_INIT);
+    delay_ms(10);
+    ipi_others(ICR_STARTUP | AP_TRAMPOLINE >> 12);
+    delay_ms(1);
+    if (!ap_alive) {
+        ipi_others(ICR_STARTUP | AP_TRAMPOLINE >> 12);
+    }
+    end = rdtsc() + (uint64_t)tsc_khz * 1000;
+    while (!ap_alive && rdtsc() < end) {
+        __asm__ volatile("pause");
+    }
+    if (!ap_alive) {
+        fail("the second vCPU did not start within 1 s (run with -smp 2)");
+    }
+}
+
+/*
+ * The AP, from entry.S, interrupts off.  It waits without pause: under
+ * TCG, pause leaves the vCPU's execution loop, and every return to that
+ * loop takes the BQL; so would any interrupt.  This vCPU then needs the
+ * BQL only for the serial port.
+ */
+void ap_main(void)
+{
+    uint64_t start = rdtsc(), next;
+
+    ap_alive = 1;
+    for (;;) {
+        next = rdtsc() + (uint64_t)tsc_khz * TICK_MS;
+        while (rdtsc() < next) {
+            /* nothing */
+        }
+        ap_ticks++;
+        serial_lock();
+        puts_serial("BENCH-GUEST: tick");
+        kv("n", ap_ticks);
+        kv("ms", div64(rdtsc() - start, tsc_khz));
+        puts_serial("\n");
+        serial_unlock();
+    }
+}
+
+/*
+ * mode=hammer: the BSP as a driver that never stops using its device,
+ * the AP as a vCPU that never touches it.
+ */
+static void hammer(void)
+{
+    int raw = pci_find(RAW_VENDOR, RAW_DEVICE);
+    uint32_t i, bad = 0;
+
+    if (raw < 0) {
+        fail("no raw test server (1b36:00f1) on the bus");
+    }
+    if (tsc_khz == 1) {
+        fail("the AP's ticks need a TSC that runs");
+    }
+    if (!max_n) {
+        max_n = 1;
+    }
+    set_bar(raw, 0, RAW_BAR0);
+    enable_device(raw, 0x2);            /* memory space */
+    mmio_write(RAW_BAR0 + RAW_SCRATCH, 0x5a5aa5a5);
+    if (mmio_read(RAW_BAR0 + RAW_SCRATCH) != 0x5a5aa5a5) {
+        fail("the raw server's scratch register does not hold a value");
+    }
+    start_ap();
+    serial_lock();
+    puts_serial("BENCH-GUEST: ap started\n");
+    serial_unlock();
+    for (i = 1;; i++) {
+        mmio_write(RAW_BAR0 + RAW_SCRATCH, i);
+        if (mmio_read(RAW_BAR0 + RAW_SCRATCH) != i) {
+            bad++;
+        }
+        if (i % max_n == 0) {
+            serial_lock();
+            puts_serial("BENCH-GUEST: hammer");
+            kv("pairs", i);
+            kv("bad", bad);
+            puts_serial("\n");
+            serial_unlock();
+        }
+    }
+}
+
 void bench_main(struct mb_info *mbi)
 {
     parse_cmdline(mbi);
@@ -798,18 +967,25 @@ void bench_main(struct mb_info *mbi)
         reps = 1;
     }
     puts_serial("BENCH-GUEST: start mode=");
-    puts_serial(msix_mode ? "msix" : "mmio");
+    puts_serial(mode_names[mode]);
     kv("n", max_n);
     kv("budget_ms", budget_ms);
     kv("reps", reps);
     puts_serial("\n");
     pm_setup();
     calibrate();
-    clock_check();
-    if (msix_mode) {
-        msix_rows();
-    } else {
+    switch (mode) {
+    case MODE_MMIO:
+        clock_check();
         mmio_rows();
+        break;
+    case MODE_MSIX:
+        clock_check();
+        msix_rows();
+        break;
+    case MODE_HAMMER:
+        hammer();                       /* does not return */
+        break;
     }
     finish();
 }
