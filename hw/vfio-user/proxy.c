@@ -194,9 +194,14 @@ static int vfio_user_wait_io(VFIOUserProxy *proxy, short events,
     return ret ? 0 : -ETIMEDOUT;
 }
 
-/* Read exactly @len bytes into @buf, collecting any fds into @msg */
+/*
+ * Read exactly @len bytes into @buf, collecting any fds into @msg, by
+ * @deadline_ms.  With @may_block false, return -EAGAIN if nothing at all
+ * is there.
+ */
 static int vfio_user_read_all(VFIOUserProxy *proxy, void *buf, size_t len,
-                              VFIOUserMsg *msg, Error **errp)
+                              VFIOUserMsg *msg, bool may_block,
+                              int64_t deadline_ms, Error **errp)
 {
     size_t done = 0;
 
@@ -215,9 +220,15 @@ static int vfio_user_read_all(VFIOUserProxy *proxy, void *buf, size_t len,
             msg->nfds += nfds;
         }
         if (ret == QIO_CHANNEL_ERR_BLOCK) {
-            /* Nobody waits for the receive thread: it may wait forever */
-            wait = vfio_user_wait_io(proxy, POLLIN, INT64_MAX);
-            if (wait < 0) {
+            if (!done && !may_block) {
+                return -EAGAIN;
+            }
+            wait = vfio_user_wait_io(proxy, POLLIN, deadline_ms);
+            if (wait == -ETIMEDOUT) {
+                vfio_user_set_timeout_error(proxy, "no reply from the server",
+                                            errp);
+                return wait;
+            } else if (wait < 0) {
                 error_setg_errno(errp, -wait, "cannot poll the socket");
                 return wait;
             }
@@ -237,12 +248,13 @@ static int vfio_user_read_all(VFIOUserProxy *proxy, void *buf, size_t len,
 
 /* Receive one whole message; every length is checked before it is used */
 static int vfio_user_recv(VFIOUserProxy *proxy, VFIOUserMsg *msg,
-                          Error **errp)
+                          bool may_block, int64_t deadline_ms, Error **errp)
 {
     VFIOUserHdr hdr;
     int ret;
 
-    ret = vfio_user_read_all(proxy, &hdr, sizeof(hdr), msg, errp);
+    ret = vfio_user_read_all(proxy, &hdr, sizeof(hdr), msg, may_block,
+                             deadline_ms, errp);
     if (ret < 0) {
         return ret;
     }
@@ -255,7 +267,7 @@ static int vfio_user_recv(VFIOUserProxy *proxy, VFIOUserMsg *msg,
     msg->hdr = g_malloc(hdr.size);
     *msg->hdr = hdr;
     ret = vfio_user_read_all(proxy, msg->hdr + 1, hdr.size - sizeof(hdr),
-                             msg, errp);
+                             msg, true, deadline_ms, errp);
     if (ret < 0) {
         return ret;
     }
@@ -443,25 +455,63 @@ static int vfio_user_dispatch(VFIOUserProxy *proxy, VFIOUserMsg *msg,
 }
 
 /*
- * The receive thread owns the socket's input: it hands each reply to the
- * thread waiting for it and serves the server's requests (DMA by message
- * reaches guest RAM without the BQL), so that a server's DMA is served
- * whoever waits for what, and the main loop never waits for the server.
+ * Take the next message and act on it: hand a reply to its waiter, serve
+ * a request.  Called by whoever holds proxy->reading.  Returns 0, -EAGAIN
+ * (nothing there, with @may_block false) or a negative errno.
+ */
+static int vfio_user_read_one(VFIOUserProxy *proxy, bool may_block,
+                              int64_t deadline_ms, Error **errp)
+{
+    g_auto(VFIOUserMsg) msg = { };
+    int ret;
+
+    ret = vfio_user_recv(proxy, &msg, may_block, deadline_ms, errp);
+    if (ret == 0) {
+        ret = vfio_user_dispatch(proxy, &msg, errp);
+    }
+    return ret;
+}
+
+/*
+ * The receive thread reads whatever nobody else is reading: a waiter
+ * reads its own reply when it can (a thread switch less on every round
+ * trip), else the receive thread hands each reply to the thread waiting
+ * for it, takes posted replies, serves the server's requests (DMA by
+ * message reaches guest RAM without the BQL) and notices EOF, so that
+ * the main loop never waits for the server.
  */
 static void *vfio_user_recv_thread(void *opaque)
 {
     VFIOUserProxy *proxy = opaque;
 
     for (;;) {
-        g_auto(VFIOUserMsg) msg = { };
         Error *err = NULL;
         int ret;
 
-        ret = vfio_user_recv(proxy, &msg, &err);
-        if (ret == 0) {
-            ret = vfio_user_dispatch(proxy, &msg, &err);
+        ret = vfio_user_wait_io(proxy, POLLIN, INT64_MAX);
+        qemu_mutex_lock(&proxy->lock);
+        while (proxy->reading && proxy->connected) {
+            qemu_cond_wait(&proxy->cond, &proxy->lock);
         }
+        if (!proxy->connected) {
+            qemu_mutex_unlock(&proxy->lock);
+            return NULL;
+        }
+        proxy->reading = true;
+        qemu_mutex_unlock(&proxy->lock);
+
         if (ret < 0) {
+            error_setg_errno(&err, -ret, "cannot poll the socket");
+        } else {
+            /* A waiter may have taken what woke us */
+            ret = vfio_user_read_one(proxy, false, INT64_MAX, &err);
+        }
+
+        WITH_QEMU_LOCK_GUARD(&proxy->lock) {
+            proxy->reading = false;
+            qemu_cond_broadcast(&proxy->cond);
+        }
+        if (ret < 0 && ret != -EAGAIN) {
             /* If the link was shut down on purpose, that is old news */
             vfio_user_connection_lost(proxy, err, NULL);
             return NULL;
@@ -519,6 +569,32 @@ static int vfio_user_send_unlocked(VFIOUserProxy *proxy, VFIOUserHdr *hdr,
         bql_lock();
     }
     return ret;
+}
+
+/*
+ * Read one message as a waiter (holding proxy->reading), the BQL let go
+ * meanwhile for a vCPU with @release_bql.  A timeout is the caller's to
+ * notice; anything else loses the connection.
+ */
+static void vfio_user_read_released(VFIOUserProxy *proxy,
+                                    int64_t deadline_ms, bool release_bql)
+{
+    bool unlocked = release_bql && current_cpu && bql_locked();
+    Error *err = NULL;
+    int ret;
+
+    if (unlocked) {
+        bql_unlock();
+    }
+    ret = vfio_user_read_one(proxy, true, deadline_ms, &err);
+    if (unlocked) {
+        bql_lock();
+    }
+    if (ret == -ETIMEDOUT) {
+        error_free(err);
+    } else if (ret < 0) {
+        vfio_user_connection_lost(proxy, err, NULL);
+    }
 }
 
 /*
@@ -624,7 +700,16 @@ static int vfio_user_exchange(VFIOUserProxy *proxy, VFIOUserHdr *req,
     qemu_mutex_lock(&proxy->lock);
     while (ret == 0 && !pending.done && proxy->connected &&
            qemu_clock_get_ms(QEMU_CLOCK_REALTIME) < deadline) {
-        vfio_user_wait(proxy, deadline, release_bql);
+        if (proxy->reading) {
+            vfio_user_wait(proxy, deadline, release_bql);
+            continue;
+        }
+        proxy->reading = true;
+        qemu_mutex_unlock(&proxy->lock);
+        vfio_user_read_released(proxy, deadline, release_bql);
+        qemu_mutex_lock(&proxy->lock);
+        proxy->reading = false;
+        qemu_cond_broadcast(&proxy->cond);
     }
     QTAILQ_REMOVE(&proxy->pending, &pending, next);
     msg = pending.reply;

@@ -78,6 +78,7 @@ struct VFIOUserProxy {
     QemuMutex lock;
     QemuCond cond;
     bool connected;             /* read without @lock with qatomic_read() */
+    bool reading;               /* someone reads the socket: one at a time */
     uint16_t next_id;
     QTAILQ_HEAD(, VFIOUserPending) pending;
     /* Posted requests whose reply has not come yet, oldest first */
