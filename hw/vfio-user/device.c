@@ -11,6 +11,7 @@
 
 #include "qemu/osdep.h"
 
+#include "hw/vfio-user/check.h"
 #include "hw/vfio-user/device.h"
 #include "qapi/error.h"
 #include "qemu/error-report.h"
@@ -21,9 +22,6 @@
 
 /* Room enough for any region's capabilities */
 #define VFIO_USER_MAX_REGION_INFO   (64 * KiB)
-
-/* hw/vfio mmap()s each; servers use a few */
-#define VFIO_USER_MAX_SPARSE_AREAS  256
 
 /* What a PCI expansion ROM BAR can decode */
 #define VFIO_USER_MAX_ROM_SIZE      (16 * MiB)
@@ -114,85 +112,6 @@ static void *vfio_user_payload(VFIOUserMsg *reply, size_t min, size_t *len,
         *len = payload;
     }
     return reply->hdr + 1;
-}
-
-/* Sparse area @i lies inside the region and overlaps no earlier one */
-static bool vfio_user_check_sparse_area(struct vfio_region_info *info,
-                              struct vfio_region_info_cap_sparse_mmap *sparse,
-                              uint32_t i, Error **errp)
-{
-    struct vfio_region_sparse_mmap_area *area = &sparse->areas[i];
-    uint32_t j;
-
-    if (area->offset > info->size || area->size > info->size - area->offset) {
-        error_setg(errp, "region %u sparse mmap area %u (0x%llx+0x%llx) "
-                   "lies outside the region", info->index, i, area->offset,
-                   area->size);
-        return false;
-    }
-    for (j = 0; j < i; j++) {
-        struct vfio_region_sparse_mmap_area *other = &sparse->areas[j];
-
-        if (area->size && other->size &&
-            area->offset < other->offset + other->size &&
-            other->offset < area->offset + area->size) {
-            error_setg(errp, "region %u sparse mmap areas %u and %u "
-                       "overlap", info->index, j, i);
-            return false;
-        }
-    }
-    return true;
-}
-
-/*
- * hw/vfio walks region capability chains without bounds checks: make sure
- * every capability the server sent lies inside what it sent.
- */
-static bool vfio_user_check_region_caps(struct vfio_region_info *info,
-                                        size_t len, Error **errp)
-{
-    uint32_t off = info->cap_offset;
-    uint32_t min = sizeof(*info);
-
-    if (!(info->flags & VFIO_REGION_INFO_FLAG_CAPS)) {
-        return true;
-    }
-    while (off) {
-        struct vfio_info_cap_header *hdr = (void *)info + off;
-
-        if (off < min || off > len || len - off < sizeof(*hdr)) {
-            error_setg(errp, "region %u capability at %u is out of bounds",
-                       info->index, off);
-            return false;
-        }
-        if (hdr->id == VFIO_REGION_INFO_CAP_SPARSE_MMAP) {
-            struct vfio_region_info_cap_sparse_mmap *sparse = (void *)hdr;
-            uint32_t i;
-
-            if (len - off < sizeof(*sparse) ||
-                sparse->nr_areas > (len - off - sizeof(*sparse)) /
-                                   sizeof(sparse->areas[0])) {
-                error_setg(errp, "region %u sparse mmap areas are out of "
-                           "bounds", info->index);
-                return false;
-            }
-            if (sparse->nr_areas > VFIO_USER_MAX_SPARSE_AREAS) {
-                error_setg(errp, "region %u has %u sparse mmap areas, more "
-                           "than the %u accepted", info->index,
-                           sparse->nr_areas, VFIO_USER_MAX_SPARSE_AREAS);
-                return false;
-            }
-            for (i = 0; i < sparse->nr_areas; i++) {
-                if (!vfio_user_check_sparse_area(info, sparse, i, errp)) {
-                    return false;
-                }
-            }
-        }
-        /* Strictly increasing offsets: no loops */
-        min = off + sizeof(*hdr);
-        off = hdr->next;
-    }
-    return true;
 }
 
 /*
@@ -344,7 +263,7 @@ static int vfio_user_get_region_info(VFIODevice *vbasedev,
         return 0;
     }
     len = MIN(len, rinfo->argsz);
-    if (!vfio_user_check_region_caps(rinfo, len, &err)) {
+    if (!vfio_user_check_region_info(rinfo, len, &err)) {
         return vfio_user_io_failed(vbasedev, -EPROTO, err);
     }
     memset(info, 0, info->argsz);

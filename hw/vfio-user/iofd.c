@@ -28,6 +28,7 @@
 #include <sys/socket.h>
 
 #include "exec/memory.h"
+#include "hw/vfio-user/check.h"
 #include "hw/vfio-user/iofd.h"
 #include "qapi/error.h"
 #include "qemu/bswap.h"
@@ -37,18 +38,6 @@
 #include "qemu/memfd.h"
 #include "qemu/timer.h"
 #include "trace.h"
-
-/* An entry as the server described it, whichever layout it came in */
-typedef struct VFIOUserIOFDDesc {
-    uint64_t offset;
-    uint64_t size;
-    uint32_t fd_index;
-    uint32_t type;
-    uint32_t flags;
-    uint32_t shadow_fd_index;
-    uint64_t shadow_offset;
-    uint64_t data;              /* datamatch, or an ioregionfd's user_data */
-} VFIOUserIOFDDesc;
 
 struct VFIOUserIOFD {
     uint32_t type;
@@ -89,40 +78,6 @@ static bool vfio_user_ranges_overlap(uint64_t a, uint64_t alen,
                                      uint64_t b, uint64_t blen)
 {
     return a < b + blen && b < a + alen;
-}
-
-/* Entry @i of a reply whose entries are @stride bytes apart */
-static bool vfio_user_iofd_decode(const uint8_t *entries, uint32_t i,
-                                  size_t stride, VFIOUserIOFDDesc *d,
-                                  Error **errp)
-{
-    const VFIOUserIOFDEntry *e = (const void *)(entries + i * stride);
-    const VFIOUserIOFDEntryShadow *s = (const void *)e;
-
-    *d = (VFIOUserIOFDDesc) {
-        .offset = le64_to_cpu(e->offset),
-        .size = le64_to_cpu(e->size),
-        .fd_index = le32_to_cpu(e->fd_index),
-        .type = le32_to_cpu(e->type),
-        .flags = le32_to_cpu(e->flags),
-        .data = le64_to_cpu(e->data),
-    };
-    if (stride == sizeof(VFIOUserIOFDEntry)) {
-        if (d->type == VFIO_USER_IO_FD_TYPE_IOEVENTFD_SHADOW) {
-            error_setg(errp, "a shadow ioeventfd needs the %zu-byte entry "
-                       "layout, not the %zu-byte one",
-                       sizeof(VFIOUserIOFDEntryShadow), stride);
-            return false;
-        }
-        return true;
-    }
-    /* The longer layout: the eventfd types carry shadow fields */
-    if (d->type != VFIO_USER_IO_FD_TYPE_IOREGIONFD) {
-        d->shadow_fd_index = le32_to_cpu(s->shadow_fd_index);
-        d->shadow_offset = le64_to_cpu(s->shadow_offset);
-        d->data = le64_to_cpu(s->datamatch);
-    }
-    return true;
 }
 
 /* What KVM and this region allow, before anything is registered */
@@ -395,44 +350,6 @@ void vfio_user_iofds_report(VFIOUserIOFDs *iofds, const char *fmt, ...)
     }
 }
 
-/* The entry array of a reply, if it can be interpreted at all */
-static const uint8_t *vfio_user_iofds_entries(VFIOUserIOFDs *iofds,
-                                              VFIOUserMsg *reply,
-                                              uint32_t *count,
-                                              size_t *stride, Error **errp)
-{
-    VFIOUserRegionIOFDsMsg *msg = (VFIOUserRegionIOFDsMsg *)reply->hdr;
-    uint32_t argsz = le32_to_cpu(msg->argsz);
-    size_t header = sizeof(*msg) - sizeof(msg->hdr);
-    size_t len = reply->hdr->size - sizeof(msg->hdr);
-
-    *count = le32_to_cpu(msg->count);
-    if (*count > VFIO_USER_MAX_IO_FDS) {
-        error_setg(errp, "%u entries, more than the %u accepted", *count,
-                   VFIO_USER_MAX_IO_FDS);
-        return NULL;
-    }
-    if (argsz < header || argsz > len || (argsz - header) % *count) {
-        error_setg(errp, "argsz %u does not hold %u entries in %zu bytes",
-                   argsz, *count, len);
-        return NULL;
-    }
-    /* The stride is whatever the server made it: derive it */
-    *stride = (argsz - header) / *count;
-    if (*stride != sizeof(VFIOUserIOFDEntry) &&
-        *stride != sizeof(VFIOUserIOFDEntryShadow)) {
-        error_setg(errp, "entries of %zu bytes are neither of the known "
-                   "layouts (%zu or %zu bytes)", *stride,
-                   sizeof(VFIOUserIOFDEntry), sizeof(VFIOUserIOFDEntryShadow));
-        return NULL;
-    }
-    if (!reply->nfds) {
-        error_setg(errp, "%u entries but no fds", *count);
-        return NULL;
-    }
-    return msg->entries;
-}
-
 void vfio_user_iofds_install(VFIOUserIOFDs *iofds, VFIOUserMsg *reply)
 {
     unsigned int bar = iofds->region->nr;
@@ -446,7 +363,8 @@ void vfio_user_iofds_install(VFIOUserIOFDs *iofds, VFIOUserMsg *reply)
         trace_vfio_user_iofds(iofds->name, bar, 0, 0, reply->nfds);
         return;
     }
-    entries = vfio_user_iofds_entries(iofds, reply, &count, &stride, &err);
+    entries = vfio_user_iofds_layout(reply->hdr, reply->nfds, &count,
+                                     &stride, &err);
     if (!entries) {
         vfio_user_iofds_report(iofds, "I/O fds refused: %s",
                                error_get_pretty(err));

@@ -39,8 +39,6 @@
  */
 #define VFIO_USER_MAX_RECV_SIZE  (VFIO_USER_CLIENT_MAX_XFER + 4096)
 
-/* Linux's errnos are below this; the error field is 32 bits wide */
-#define VFIO_USER_MAX_ERRNO      4096
 
 static const char *vfio_user_command_name(uint16_t command)
 {
@@ -90,19 +88,6 @@ void vfio_user_msg_free(VFIOUserMsg *msg)
 static int vfio_user_fd(VFIOUserProxy *proxy)
 {
     return QIO_CHANNEL_SOCKET(proxy->ioc)->fd;
-}
-
-/*
- * The failure an error reply stands for, as a negative errno: 0 and
- * numbers no errno has would otherwise read as success (or, negated, as
- * a byte count).
- */
-int vfio_user_reply_errno(const VFIOUserHdr *hdr)
-{
-    if (hdr->error_reply && hdr->error_reply < VFIO_USER_MAX_ERRNO) {
-        return -(int)hdr->error_reply;
-    }
-    return -EPROTO;
 }
 
 /* When a request sent now must have been answered */
@@ -1008,85 +993,6 @@ void vfio_user_disconnect(VFIOUserProxy *proxy)
     g_free(proxy);
 }
 
-static bool vfio_user_cap_uint(QDict *caps, const char *key, uint64_t min,
-                               uint64_t max, uint64_t *value, Error **errp)
-{
-    QObject *obj = qdict_get(caps, key);
-    QNum *num = qobject_to(QNum, obj);
-
-    if (!obj) {
-        return true;
-    }
-    if (!num || !qnum_get_try_uint(num, value) ||
-        *value < min || *value > max) {
-        error_setg(errp, "capability '%s' must be an integer in "
-                   "[%" PRIu64 ", %" PRIu64 "]", key, min, max);
-        return false;
-    }
-    return true;
-}
-
-/* Take what the server can do from its VERSION reply's JSON */
-static bool vfio_user_parse_caps(VFIOUserProxy *proxy, const char *json,
-                                 Error **errp)
-{
-    g_autoptr(QDict) top = NULL;
-    QDict *caps, *migration;
-    QObject *obj, *entry;
-    uint64_t value;
-
-    obj = qobject_from_json(json, errp);
-    if (!obj) {
-        return false;
-    }
-    top = qobject_to(QDict, obj);
-    if (!top) {
-        qobject_unref(obj);
-        error_setg(errp, "version data is not a JSON object");
-        return false;
-    }
-    entry = qdict_get(top, "capabilities");
-    if (!entry) {
-        return true;
-    }
-    caps = qobject_to(QDict, entry);
-    if (!caps) {
-        error_setg(errp, "'capabilities' is not a JSON object");
-        return false;
-    }
-
-    value = proxy->max_send_fds;
-    if (!vfio_user_cap_uint(caps, "max_msg_fds", 1, UINT16_MAX, &value,
-                            errp)) {
-        return false;
-    }
-    proxy->max_send_fds = value;
-
-    value = proxy->max_xfer_size;
-    if (!vfio_user_cap_uint(caps, "max_data_xfer_size", 1, UINT32_MAX,
-                            &value, errp)) {
-        return false;
-    }
-    /* We never send more than we accept ourselves */
-    proxy->max_xfer_size = MIN(value, VFIO_USER_CLIENT_MAX_XFER);
-
-    entry = qdict_get(caps, "migration");
-    if (entry) {
-        migration = qobject_to(QDict, entry);
-        if (!migration) {
-            error_setg(errp, "'migration' is not a JSON object");
-            return false;
-        }
-        value = VFIO_USER_DEF_PGSIZE;
-        if (!vfio_user_cap_uint(migration, "pgsize", 1, UINT32_MAX, &value,
-                                errp)) {
-            return false;
-        }
-        proxy->migr_pgsize = value;
-    }
-    return true;
-}
-
 static char *vfio_user_caps_json(void)
 {
     g_autoptr(QDict) top = qdict_new();
@@ -1109,9 +1015,12 @@ bool vfio_user_negotiate(VFIOUserProxy *proxy, Error **errp)
     g_autofree char *json = vfio_user_caps_json();
     g_autofree VFIOUserVersion *msg = NULL;
     g_auto(VFIOUserMsg) reply = { };
-    VFIOUserVersion *version;
     size_t size = sizeof(*msg) + strlen(json) + 1;
-    size_t caps_len;
+    /* What a server that says nothing accepts */
+    VFIOUserServerCaps caps = {
+        .max_send_fds = VFIO_USER_DEF_MAX_FDS,
+        .max_xfer_size = VFIO_USER_DEF_MAX_XFER,
+    };
 
     msg = g_malloc0(size);
     vfio_user_request_init(&msg->hdr, VFIO_USER_VERSION, size);
@@ -1122,37 +1031,15 @@ bool vfio_user_negotiate(VFIOUserProxy *proxy, Error **errp)
     if (vfio_user_request(proxy, &msg->hdr, NULL, 0, &reply, errp) < 0) {
         return false;
     }
-
-    if (reply.hdr->size < sizeof(*version)) {
-        error_setg(errp, "vfio-user %s: VERSION reply is too short (%u bytes)",
-                   proxy->sockname, reply.hdr->size);
+    if (!vfio_user_parse_version(reply.hdr, &caps, errp)) {
+        error_prepend(errp, "vfio-user %s: ", proxy->sockname);
         return false;
     }
-    version = (VFIOUserVersion *)reply.hdr;
-    if (version->major != VFIO_USER_MAJOR_VER ||
-        version->minor > VFIO_USER_MINOR_VER) {
-        error_setg(errp, "vfio-user %s: server speaks protocol version "
-                   "%u.%u, this client speaks %u.%u", proxy->sockname,
-                   version->major, version->minor, VFIO_USER_MAJOR_VER,
-                   VFIO_USER_MINOR_VER);
-        return false;
-    }
-    proxy->minor = version->minor;
-
-    caps_len = reply.hdr->size - sizeof(*version);
-    if (caps_len) {
-        if (version->capabilities[caps_len - 1] != '\0') {
-            error_setg(errp, "vfio-user %s: capabilities are not "
-                       "NUL-terminated", proxy->sockname);
-            return false;
-        }
-        if (!vfio_user_parse_caps(proxy, version->capabilities, errp)) {
-            error_prepend(errp, "vfio-user %s: malformed capabilities: ",
-                          proxy->sockname);
-            return false;
-        }
-    }
-    trace_vfio_user_version(proxy->sockname, version->major, version->minor,
+    proxy->minor = caps.minor;
+    proxy->max_send_fds = caps.max_send_fds;
+    proxy->max_xfer_size = caps.max_xfer_size;
+    proxy->migr_pgsize = caps.migr_pgsize;
+    trace_vfio_user_version(proxy->sockname, VFIO_USER_MAJOR_VER, caps.minor,
                             proxy->max_send_fds, proxy->max_xfer_size);
 
     proxy->established = true;

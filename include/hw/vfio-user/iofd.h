@@ -11,13 +11,6 @@
 #include "hw/vfio/vfio-common.h"
 #include "hw/vfio-user/proxy.h"
 
-/*
- * At most this many entries per device: each may become a KVM ioeventfd,
- * of which KVM takes 1000 per bus, for all devices (and refusing one
- * makes QEMU abort).
- */
-#define VFIO_USER_MAX_IO_FDS    64
-
 typedef struct VFIOUserIOFD VFIOUserIOFD;
 
 /* The I/O fds of one region, and where they were registered */

@@ -13,12 +13,7 @@
 #include "qemu/queue.h"
 #include "qemu/thread.h"
 #include "qapi/qapi-types-sockets.h"
-#include "hw/vfio-user/protocol.h"
-
-/* What we accept from a server in one message */
-/* Below what QIOChannelSocket takes in, so that excess fds can be seen */
-#define VFIO_USER_CLIENT_MAX_FDS   8
-#define VFIO_USER_CLIENT_MAX_XFER  VFIO_USER_DEF_MAX_XFER
+#include "hw/vfio-user/check.h"
 
 /*
  * Requests sent without waiting for their reply (posted) that may be in
@@ -122,7 +117,6 @@ int vfio_user_request_posted(VFIOUserProxy *proxy, VFIOUserHdr *req,
 void vfio_user_flush_posted(VFIOUserProxy *proxy);
 void vfio_user_add_lost_notifier(VFIOUserProxy *proxy, Notifier *notifier);
 void vfio_user_set_deadline(VFIOUserProxy *proxy, int64_t deadline_ms);
-int vfio_user_reply_errno(const VFIOUserHdr *hdr);
 
 /* Whether the server is still there, from any thread */
 static inline bool vfio_user_connected(VFIOUserProxy *proxy)
