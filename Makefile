@@ -46,7 +46,7 @@ GUEST := $(BUILD)/guest
 QEMU_BIN := $(BUILD)/qemu-system-x86_64
 
 .PHONY: all deps fetch tree configure qemu guest check series check-series \
-	demo bench clean FORCE
+	demo bench fuzz clean FORCE
 
 all: qemu guest
 
@@ -118,6 +118,8 @@ check: qemu guest
 		"$(REPO)/harness/e2e-nvme.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/e2e-nvme shared" \
 		"e2e: Linux guest with intel-iommu, NVMe via x-vfio-user-server" \
 		"$(REPO)/harness/e2e-nvme.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/e2e-nvme-iommu shared iommu" \
+		"e2e: NVMe server killed and restarted, the Linux guest recovers" \
+		"$(REPO)/harness/e2e-nvme-reconnect.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/e2e-nvme-reconnect" \
 		"kvm: bare-metal guest, MSI-X through KVM irqfd" \
 		"$(REPO)/harness/kvm-msix.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-test-server $(GUEST)/msix-guest.elf $(REPO)/out/kvm-msix msix" \
 		"kvm: bare-metal guest, MSI through KVM irqfd" \
@@ -131,11 +133,18 @@ check: qemu guest
 		"kvm: monitor and other vCPUs run while a vCPU waits for a stopped server" \
 		"$(REPO)/harness/bql-wait.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/kvm-bql-wait kvm" \
 		"series: export, git am, checkpatch" \
-		"$(MAKE) -C $(REPO) --no-print-directory check-series"
+		"$(MAKE) -C $(REPO) --no-print-directory check-series" \
+		"fuzz: server messages through check.c, libFuzzer + ASan/UBSan, 60 s" \
+		"$(REPO)/harness/fuzz.sh $(REPO) $(QEMU_BUILD) $(REPO)/out/fuzz-check 60"
 
 # Show a new user the whole thing working
 demo: qemu guest
 	harness/demo.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/demo
+
+# The same fuzz target for longer (FUZZ_SECONDS, default 10 minutes)
+FUZZ_SECONDS ?= 600
+fuzz: qemu
+	harness/fuzz.sh $(REPO) $(QEMU_BUILD) $(REPO)/out/fuzz $(FUZZ_SECONDS)
 
 # Side by side timings on this machine: a tool, not a test (not in CI)
 bench: qemu guest

@@ -52,7 +52,8 @@ apt-get install -y -q --no-install-recommends \
     libglib2.0-dev libfdt-dev libpixman-1-dev zlib1g-dev libslirp-dev \
     libjson-c-dev libcmocka-dev \
     seabios qemu-system-data ipxe-qemu \
-    perl cpio binutils bc
+    perl cpio binutils bc \
+    clang libclang-rt-14-dev
 apt-get install -y -q --no-install-recommends -t bookworm-backports \
     meson python3-pycotap
 
