@@ -25,23 +25,11 @@ mkdir -p "$work"
 sock=$work/nvme.sock
 truncate -s 64M "$work/disk.img"
 
-"$qemu" -machine x-remote,vfio-user=on -nodefaults -display none \
-    -drive id=drv0,file="$work/disk.img",format=raw,if=none,cache=none \
-    -device nvme,drive=drv0,serial=vfio-user-e2e,id=nvme0 \
-    -object '{"qom-type":"x-vfio-user-server","id":"vfu0","device":"nvme0","socket":{"type":"unix","path":"'"$sock"'"}}' \
-    >"$work/server.log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
-
-for _ in $(seq 100); do
-    [ -S "$sock" ] && break
-    sleep 0.1
-done
-if [ ! -S "$sock" ]; then
-    echo "e2e: the server did not create $sock"
-    cat "$work/server.log"
+source "$(dirname "$(realpath "$0")")/nvme-server.sh"
+server=''
+trap 'if [ -n "$server" ]; then kill $server 2>/dev/null; wait $server 2>/dev/null; fi' EXIT
+start_nvme_server "$qemu" "$sock" "$work/disk.img" "$work/server.log" "" ||
     exit 1
-fi
 
 machine=q35
 args=()
