@@ -179,6 +179,21 @@ static int vfio_user_wait_io(VFIOUserProxy *proxy, short events,
     return ret ? 0 : -ETIMEDOUT;
 }
 
+/* The same, saying what did not happen (@what) if it fails */
+static int vfio_user_wait_io_or_fail(VFIOUserProxy *proxy, short events,
+                                     int64_t deadline_ms, const char *what,
+                                     Error **errp)
+{
+    int ret = vfio_user_wait_io(proxy, events, deadline_ms);
+
+    if (ret == -ETIMEDOUT) {
+        vfio_user_set_timeout_error(proxy, what, errp);
+    } else if (ret < 0) {
+        error_setg_errno(errp, -ret, "cannot poll the socket");
+    }
+    return ret;
+}
+
 /*
  * Read exactly @len bytes into @buf, collecting any fds into @msg, by
  * @deadline_ms.  With @may_block false, return -EAGAIN if nothing at all
@@ -208,13 +223,9 @@ static int vfio_user_read_all(VFIOUserProxy *proxy, void *buf, size_t len,
             if (!done && !may_block) {
                 return -EAGAIN;
             }
-            wait = vfio_user_wait_io(proxy, POLLIN, deadline_ms);
-            if (wait == -ETIMEDOUT) {
-                vfio_user_set_timeout_error(proxy, "no reply from the server",
-                                            errp);
-                return wait;
-            } else if (wait < 0) {
-                error_setg_errno(errp, -wait, "cannot poll the socket");
+            wait = vfio_user_wait_io_or_fail(proxy, POLLIN, deadline_ms,
+                                             "no reply from the server", errp);
+            if (wait < 0) {
                 return wait;
             }
             continue;
@@ -296,13 +307,10 @@ static int vfio_user_send(VFIOUserProxy *proxy, VFIOUserHdr *hdr,
                                       done ? NULL : (int *)fds,
                                       done ? 0 : nfds, 0, errp);
         if (ret == QIO_CHANNEL_ERR_BLOCK) {
-            wait = vfio_user_wait_io(proxy, POLLOUT, deadline);
-            if (wait == -ETIMEDOUT) {
-                vfio_user_set_timeout_error(proxy, "the server did not "
-                                            "take our message", errp);
-                return wait;
-            } else if (wait < 0) {
-                error_setg_errno(errp, -wait, "cannot poll the socket");
+            wait = vfio_user_wait_io_or_fail(proxy, POLLOUT, deadline,
+                                             "the server did not take our "
+                                             "message", errp);
+            if (wait < 0) {
                 return wait;
             }
             continue;
