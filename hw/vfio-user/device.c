@@ -389,7 +389,9 @@ static int vfio_user_send_irq_set(VFIODevice *vbasedev,
     msg->index = irq_set->index;
     msg->start = start;
     msg->count = count;
-    memcpy(msg + 1, data, data_len);
+    if (data_len) {
+        memcpy(msg + 1, data, data_len);
+    }
     ret = vfio_user_request(udev->proxy, &msg->hdr, fds, nfds, NULL, &err);
     if (ret < 0) {
         return vfio_user_io_failed(vbasedev, ret, err);
@@ -903,13 +905,14 @@ static bool vfio_user_get_device_info(VFIODevice *vbasedev,
     VFIOUserDeviceInfo msg = { };
     g_auto(VFIOUserMsg) reply = { };
     struct vfio_device_info *rinfo;
+    size_t len;
 
     vfio_user_request_init(&msg.hdr, VFIO_USER_DEVICE_GET_INFO, sizeof(msg));
     msg.argsz = sizeof(msg) - sizeof(msg.hdr);
     if (vfio_user_request(udev->proxy, &msg.hdr, NULL, 0, &reply, errp) < 0) {
         return false;
     }
-    rinfo = vfio_user_payload(&reply, msg.argsz, NULL, errp);
+    rinfo = vfio_user_payload(&reply, msg.argsz, &len, errp);
     if (!rinfo) {
         return false;
     }
@@ -922,7 +925,9 @@ static bool vfio_user_get_device_info(VFIODevice *vbasedev,
     }
     trace_vfio_user_device_info(vbasedev->name, rinfo->flags,
                                 rinfo->num_regions, rinfo->num_irqs);
-    *info = *rinfo;
+    /* The reply may be shorter than the kernel's struct: the rest is 0 */
+    memset(info, 0, sizeof(*info));
+    memcpy(info, rinfo, MIN(len, sizeof(*info)));
     return true;
 }
 
