@@ -36,17 +36,44 @@ CONFIGURE_FLAGS := \
 	--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu
 
 SAMPLES := gpio-pci-idio-16 server null client
-NINJA_TARGETS := qemu-system-x86_64 qemu-system-aarch64 \
-	tests/qtest/vfio-user-test \
+QTEST_TARGETS := tests/qtest/vfio-user-test \
 	tests/qtest/vfio-user-test-server \
 	tests/qtest/vfio-user-raw-server \
 	$(addprefix subprojects/libvfio-user/samples/,$(SAMPLES))
+NINJA_TARGETS := qemu-system-x86_64 qemu-system-aarch64 $(QTEST_TARGETS)
+
+# A second build of the same tree, with ASan and UBSan, for the x86_64
+# qtest only.  Same device-relevant options as above (KVM, TCG, the
+# vfio-user server, hence multiprocess, so the test servers and samples
+# build); everything optional that our tests do not touch is left out to
+# keep it small.  UBSan is fatal at build time, so no UBSAN_OPTIONS can
+# make it recover.  clang, not gcc: with gcc's separate libubsan next to
+# libasan, UBSan ignores log_path and reports only on stderr, which a test
+# may have sent anywhere; and clang leaves the ASan runtime out of shared
+# libraries (libvfio-user.so), so they may not insist on no undefined
+# symbols (b_lundef).  Out of tree (configure run in $(TREE) itself would
+# wipe $(TREE)/build) and kept by prepare-tree.sh's git clean.
+ASAN_BUILD := $(TREE)/build-asan
+ASAN_CONFIGURE_FLAGS := \
+	--cc="ccache clang" -Db_lundef=false \
+	--python=/usr/bin/python3 \
+	--target-list=x86_64-softmmu \
+	--without-default-features \
+	--enable-kvm --enable-tcg \
+	--enable-multiprocess --enable-vfio-user-server \
+	--enable-asan --enable-ubsan \
+	--extra-cflags=-fno-sanitize-recover=undefined \
+	--disable-docs --disable-user --disable-tools \
+	--disable-werror \
+	--disable-install-blobs \
+	--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu
+ASAN_NINJA_TARGETS := qemu-system-x86_64 $(QTEST_TARGETS)
 
 GUEST := $(BUILD)/guest
 QEMU_BIN := $(BUILD)/qemu-system-x86_64
 
-.PHONY: all deps fetch tree configure qemu guest check series check-series \
-	demo bench fuzz clean FORCE
+.PHONY: all deps fetch tree configure qemu qemu-asan guest check series \
+	check-series demo bench fuzz clean FORCE
 
 all: qemu guest
 
@@ -83,6 +110,25 @@ qemu: tree configure
 	done
 	ln -sf qemu/build/qemu-system-x86_64 $(BUILD)/qemu-system-x86_64
 
+$(STAMPS)/asan-configure-flags: FORCE
+	@mkdir -p $(STAMPS)
+	@echo '$(ASAN_CONFIGURE_FLAGS)' | cmp -s - $@ || \
+		echo '$(ASAN_CONFIGURE_FLAGS)' > $@
+
+$(ASAN_BUILD)/build.ninja: $(STAMPS)/asan-configure-flags | tree
+	mkdir -p $(ASAN_BUILD)
+	cd $(ASAN_BUILD) && ../configure $(ASAN_CONFIGURE_FLAGS) \
+		> $(BUILD)/configure-asan.log 2>&1 || \
+		{ tail -30 $(BUILD)/configure-asan.log; exit 1; }
+
+# Only what the sanitized qtest run needs (run-tests.sh, x86_64:asan)
+qemu-asan: tree $(ASAN_BUILD)/build.ninja
+	ninja -C $(ASAN_BUILD) -j$(JOBS) $(ASAN_NINJA_TARGETS)
+	for d in $(FIRMWARE_DIRS); do \
+		mkdir -p $(ASAN_BUILD)/qemu-bundle$$(dirname $$d); \
+		ln -sfn $$d $(ASAN_BUILD)/qemu-bundle$$d; \
+	done
+
 # The Linux test guest: Debian's kernel and busybox in an initramfs;
 # and a bare-metal multiboot guest that runs under KVM here
 MSIX_GUEST_SRC := $(wildcard harness/guest/msix-guest/*)
@@ -112,8 +158,9 @@ $(GUEST)/bench-guest.elf: $(BENCH_GUEST_SRC)
 		-Wl,-T,harness/guest/bench-guest/link.ld -o $@ \
 		harness/guest/bench-guest/entry.S harness/guest/bench-guest/main.c
 
-check: qemu guest
-	harness/run-tests.sh $(QEMU_BUILD) $(REPO)/out/test-results \
+check: qemu qemu-asan guest
+	harness/run-tests.sh --asan $(ASAN_BUILD) \
+		$(QEMU_BUILD) $(REPO)/out/test-results \
 		"e2e: Linux guest, NVMe via x-vfio-user-server, MSI-X" \
 		"$(REPO)/harness/e2e-nvme.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/e2e-nvme shared" \
 		"e2e: Linux guest with intel-iommu, NVMe via x-vfio-user-server" \

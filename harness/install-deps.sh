@@ -46,6 +46,8 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
+# clang: the fuzzer and the sanitizer build; llvm: its llvm-symbolizer,
+# without which sanitizer reports have no file:line
 apt-get install -y -q --no-install-recommends \
     build-essential ccache git rsync dpkg-dev quilt ca-certificates \
     ninja-build pkgconf flex bison python3-venv python3-setuptools \
@@ -53,7 +55,7 @@ apt-get install -y -q --no-install-recommends \
     libjson-c-dev libcmocka-dev \
     seabios qemu-system-data ipxe-qemu \
     perl cpio binutils bc \
-    clang libclang-rt-14-dev
+    clang libclang-rt-14-dev llvm
 apt-get install -y -q --no-install-recommends -t bookworm-backports \
     meson python3-pycotap
 

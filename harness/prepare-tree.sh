@@ -27,8 +27,9 @@ if [ "$(cat "$tree/.git/series-stamp" 2>/dev/null)" != "$stamp" ]; then
     cd "$tree"
     git fetch -q origin
     git checkout -q -f -B series origin/base
-    # Untracked leftovers of an older series, but never the build directory
-    git clean -q -fd -e /build
+    # Untracked leftovers of an older series, but never the build
+    # directories (the main one and the Makefile's sanitizer build)
+    git clean -q -fd -e /build -e /build-asan
     rm -f .git/series-stamp
     "$repo/harness/apply-series.sh" "$repo" "$tree"
     echo "$stamp" > .git/series-stamp
