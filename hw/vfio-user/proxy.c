@@ -513,6 +513,15 @@ static void *vfio_user_recv_thread(void *opaque)
 }
 
 /*
+ * Whether to let the BQL go while waiting for the server: only a vCPU
+ * thread that asked to (a guest's BAR access), and holds it.
+ */
+static bool vfio_user_may_release_bql(bool release_bql)
+{
+    return release_bql && current_cpu && bql_locked();
+}
+
+/*
  * Wait on proxy->cond (with proxy->lock held) until woken or @deadline_ms;
  * the caller checks again what it waits for.  With @release_bql, a vCPU
  * thread lets the BQL go meanwhile, as hw/remote's mpqemu-link does: lock
@@ -522,7 +531,7 @@ static void vfio_user_wait(VFIOUserProxy *proxy, int64_t deadline_ms,
                            bool release_bql)
 {
     int64_t left = deadline_ms - qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
-    bool unlocked = release_bql && current_cpu && bql_locked();
+    bool unlocked = vfio_user_may_release_bql(release_bql);
 
     if (left <= 0) {
         return;
@@ -551,7 +560,7 @@ static int vfio_user_send_unlocked(VFIOUserProxy *proxy, VFIOUserHdr *hdr,
                                    const int *fds, size_t nfds,
                                    bool release_bql, Error **errp)
 {
-    bool unlocked = release_bql && current_cpu && bql_locked();
+    bool unlocked = vfio_user_may_release_bql(release_bql);
     int ret;
 
     if (unlocked) {
@@ -572,7 +581,7 @@ static int vfio_user_send_unlocked(VFIOUserProxy *proxy, VFIOUserHdr *hdr,
 static void vfio_user_read_released(VFIOUserProxy *proxy,
                                     int64_t deadline_ms, bool release_bql)
 {
-    bool unlocked = release_bql && current_cpu && bql_locked();
+    bool unlocked = vfio_user_may_release_bql(release_bql);
     Error *err = NULL;
     int ret;
 
