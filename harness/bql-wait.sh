@@ -2,7 +2,8 @@
 # A vCPU that waits for a vfio-user server must not stop the rest of QEMU
 # (issue 8, part 1).  A bare-metal guest on two vCPUs
 # (harness/guest/bench-guest, mode=hammer) writes and reads a register of
-# the raw test server for ever on the first vCPU; the second never touches
+# the raw test server for ever on the first vCPU (in BAR0, or with TARGET
+# config in config space, which goes through hw/vfio's config code); the second never touches
 # the device and prints a tick every 50 ms.  Once both run, the server is
 # stopped (SIGSTOP) for 30 s, so that the guest's access in flight waits
 # the whole time.  Meanwhile:
@@ -15,8 +16,8 @@
 # must still run, the access complete with the right value and the guest
 # go on, and QEMU quit when told.
 #
-# usage: bql-wait.sh QEMU RAW_SERVER GUEST_ELF WORK_DIR [ACCEL]
-#   ACCEL is tcg (default) or kvm.
+# usage: bql-wait.sh QEMU RAW_SERVER GUEST_ELF WORK_DIR [ACCEL [TARGET]]
+#   ACCEL is tcg (default) or kvm; TARGET bar (default) or config.
 # Exits 0 on success, 77 (skip) when ACCEL is kvm and KVM is unusable.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
@@ -27,6 +28,8 @@ server_bin=$(realpath "$2")
 elf=$(realpath "$3")
 work=$(realpath -m "$4")
 accel=${5:-tcg}
+target=${6:-bar}
+label=$accel/$target
 
 # The probe window, and what each probe and the ticks must achieve
 window_s=30
@@ -40,6 +43,11 @@ if [ "$accel" = kvm ] && [ ! -w /dev/kvm ]; then
     echo "SKIP: /dev/kvm is missing or not writable"
     exit 77
 fi
+case $target in
+bar) hammer_opt='' ;;
+config) hammer_opt=' hammer=config' ;;
+*) echo "bql-wait: TARGET is bar or config, not $target"; exit 2 ;;
+esac
 case $accel in
 # Both vCPUs must run at once: one thread each
 tcg) accel_opt=tcg,thread=multi ;;
@@ -81,7 +89,7 @@ count() {
 }
 
 failed() {
-    echo "bql-wait: $accel: $*"
+    echo "bql-wait: $label: $*"
     echo "--- QEMU's stderr (tail)"
     tail -n 20 "$work/qemu.log" || true
     echo "--- serial (tail)"
@@ -103,7 +111,7 @@ done
     -display none -no-reboot -serial file:"$serial" \
     -qmp unix:"$work/qmp",server=on,wait=off \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 -kernel "$elf" \
-    -append "mode=hammer n=500" \
+    -append "mode=hammer n=500$hammer_opt" \
     -device vfio-user-pci,socket="$work/sock",x-request-timeout-ms=$timeout_ms \
     2>"$work/qemu.log" &
 qemu_pid=$!
@@ -133,7 +141,7 @@ fi
 # QMP, so that the window starts where the server stops
 rc=0
 python3 - "$work/qmp" "$serial" "$server" "$window_s" "$probe_ms" \
-    "$min_ticks" "$accel" <<'EOF' || rc=$?
+    "$min_ticks" "$label" <<'EOF' || rc=$?
 import json, os, re, signal, socket, statistics, sys, time
 
 qmp_path, serial, server = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -310,4 +318,4 @@ qemu_pid=''
 if [ $qrc -ne 0 ]; then
     failed "QEMU exited with status $qrc after quit"
 fi
-echo "bql-wait: $accel: ok"
+echo "bql-wait: $label: ok"

@@ -43,6 +43,38 @@ static VFIOUserDevice *vfio_user_dev(VFIODevice *vbasedev)
     return vbasedev->io_opaque;
 }
 
+/*
+ * The device whose guest config space access this thread is in, until
+ * that access's first exchange with the server: see
+ * vfio_user_device_config_access().
+ */
+static __thread VFIOUserDevice *vfio_user_config_access;
+
+/*
+ * A guest's config space access from a vCPU (pci.c wraps hw/vfio's
+ * config_read and config_write in it): the access's first exchange with
+ * the server may wait without the BQL.  That exchange is hw/vfio's read
+ * or write of the config region, which both vfio_pci_read_config() and
+ * vfio_pci_write_config() do before they look at any device state; what
+ * they do afterwards (MSI enables, BAR updates, more requests) holds the
+ * BQL as usual.  Pass NULL when the access ends.
+ */
+void vfio_user_device_config_access(VFIOUserDevice *udev)
+{
+    vfio_user_config_access = udev;
+}
+
+/* Whether this exchange with the server is that first one */
+static bool vfio_user_config_first(VFIOUserDevice *udev, uint8_t index)
+{
+    if (index != VFIO_PCI_CONFIG_REGION_INDEX ||
+        vfio_user_config_access != udev) {
+        return false;
+    }
+    vfio_user_config_access = NULL;
+    return true;
+}
+
 /* The device an operation starts on: why the last one failed is old news */
 static VFIOUserDevice *vfio_user_op_dev(VFIODevice *vbasedev)
 {
@@ -624,6 +656,7 @@ static int vfio_user_region_read(VFIODevice *vbasedev, uint8_t index,
     VFIOUserDevice *udev = vfio_user_op_dev(vbasedev);
     /* A guest's BAR read: a vCPU waits for it without the BQL */
     bool bar = index < VFIO_PCI_ROM_REGION_INDEX;
+    bool unlocked = bar || vfio_user_config_first(udev, index);
     uint32_t done = 0;
     uint64_t rel;
     int ret;
@@ -652,7 +685,7 @@ static int vfio_user_region_read(VFIODevice *vbasedev, uint8_t index,
         msg.offset = rel + done;
         msg.region = index;
         msg.count = count;
-        if (bar) {
+        if (unlocked) {
             ret = vfio_user_request_unlocked(udev->proxy, &msg.hdr, &reply,
                                              &err);
         } else {
@@ -682,6 +715,7 @@ static int vfio_user_region_write(VFIODevice *vbasedev, uint8_t index,
                                   off_t off, uint32_t size, const void *data)
 {
     VFIOUserDevice *udev = vfio_user_op_dev(vbasedev);
+    bool unlocked = vfio_user_config_first(udev, index);
     uint32_t done = 0;
     uint64_t rel;
     bool bar, posted;
@@ -702,10 +736,11 @@ static int vfio_user_region_write(VFIODevice *vbasedev, uint8_t index,
     /*
      * A guest's write to a BAR has nobody to hear of its failure: post it
      * (or, if not, wait without the BQL).  Config space writes wait, as
-     * hw/vfio acts on what follows them.
+     * hw/vfio acts on what follows them; a guest's waits without the BQL.
      */
     bar = index < VFIO_PCI_ROM_REGION_INDEX;
     posted = udev->posted_writes && bar;
+    unlocked |= bar;
     while (done < size) {
         uint32_t count = MIN(size - done, udev->proxy->max_xfer_size);
         size_t msg_size = sizeof(VFIOUserRegionRW) + count;
@@ -719,7 +754,7 @@ static int vfio_user_region_write(VFIODevice *vbasedev, uint8_t index,
         memcpy(msg->data, data + done, count);
         if (posted) {
             ret = vfio_user_request_posted(udev->proxy, &msg->hdr, &err);
-        } else if (bar) {
+        } else if (unlocked) {
             ret = vfio_user_request_unlocked(udev->proxy, &msg->hdr, NULL,
                                              &err);
         } else {

@@ -10,6 +10,7 @@
 
 #include "qemu/osdep.h"
 
+#include "hw/core/cpu.h"
 #include "hw/pci/pci.h"
 #include "hw/qdev-properties.h"
 #include "hw/vfio/pci.h"
@@ -23,6 +24,7 @@
 #include "qapi/qapi-visit-sockets.h"
 #include "qapi/visitor.h"
 #include "qemu/error-report.h"
+#include "qemu/main-loop.h"
 #include "qemu/timer.h"
 #include "trace.h"
 
@@ -57,6 +59,9 @@ struct VFIOUserPCIDevice {
     bool up;                    /* realized and connected: lost is news */
     bool reconnect_reported;    /* a failed attempt, in this outage */
     QEMUTimer *reconnect_timer;
+    /* Guest config space accesses in hw/vfio, which may let the BQL go */
+    unsigned int config_accesses;
+    QemuCond config_accesses_done;
 };
 
 /*
@@ -313,6 +318,51 @@ error:
 }
 
 /*
+ * A guest's config space access waits for the server without the BQL
+ * (vfio_user_device_config_access() says when): hw/vfio's config accesses
+ * keep no device state across that wait, as they make it before looking
+ * at any.  Unplug waits for them to be done, since they go on to update
+ * config space afterwards.
+ */
+static void vfio_user_pci_config_begin(VFIOUserPCIDevice *dev)
+{
+    dev->config_accesses++;
+    if (current_cpu) {
+        vfio_user_device_config_access(&dev->udev);
+    }
+}
+
+static void vfio_user_pci_config_end(VFIOUserPCIDevice *dev)
+{
+    vfio_user_device_config_access(NULL);
+    if (!--dev->config_accesses) {
+        qemu_cond_broadcast(&dev->config_accesses_done);
+    }
+}
+
+static uint32_t vfio_user_pci_read_config(PCIDevice *pdev, uint32_t addr,
+                                          int len)
+{
+    VFIOUserPCIDevice *dev = VFIO_USER_PCI(pdev);
+    uint32_t val;
+
+    vfio_user_pci_config_begin(dev);
+    val = vfio_pci_read_config(pdev, addr, len);
+    vfio_user_pci_config_end(dev);
+    return val;
+}
+
+static void vfio_user_pci_write_config(PCIDevice *pdev, uint32_t addr,
+                                       uint32_t val, int len)
+{
+    VFIOUserPCIDevice *dev = VFIO_USER_PCI(pdev);
+
+    vfio_user_pci_config_begin(dev);
+    vfio_pci_write_config(pdev, addr, val, len);
+    vfio_user_pci_config_end(dev);
+}
+
+/*
  * The I/O fds are registered on the BARs' memory regions, which are gone
  * by the time the device is finalized: give them back on unplug.
  */
@@ -320,6 +370,11 @@ static void vfio_user_pci_exit(PCIDevice *pdev)
 {
     VFIOUserPCIDeviceClass *k = VFIO_USER_PCI_GET_CLASS(pdev);
     VFIOUserPCIDevice *dev = VFIO_USER_PCI(pdev);
+
+    /* A vCPU's config access that let the BQL go; bounded by its timeout */
+    while (dev->config_accesses) {
+        qemu_cond_wait_bql(&dev->config_accesses_done);
+    }
 
     if (dev->reconnect_timer) {
         timer_free(dev->reconnect_timer);
@@ -334,6 +389,7 @@ static void vfio_user_pci_instance_init(Object *obj)
 {
     /* Display support is for kernel vGPUs (dma-bufs, gfx planes) */
     VFIO_PCI_BASE(obj)->display = ON_OFF_AUTO_OFF;
+    qemu_cond_init(&VFIO_USER_PCI(obj)->config_accesses_done);
 }
 
 /*
@@ -358,6 +414,7 @@ static void vfio_user_pci_instance_finalize(Object *obj)
     }
     qapi_free_SocketAddress(dev->socket);
     qapi_free_SocketAddress(dev->addr);
+    qemu_cond_destroy(&dev->config_accesses_done);
 }
 
 /* socket=PATH, or a SocketAddress object (JSON -device, QMP device_add) */
@@ -444,6 +501,8 @@ static void vfio_user_pci_class_init(ObjectClass *klass, void *data)
     pdc->realize = vfio_user_pci_realize;
     k->parent_exit = pdc->exit;
     pdc->exit = vfio_user_pci_exit;
+    pdc->config_read = vfio_user_pci_read_config;
+    pdc->config_write = vfio_user_pci_write_config;
 }
 
 static const TypeInfo vfio_user_pci_info = {

@@ -514,7 +514,8 @@ static void *vfio_user_recv_thread(void *opaque)
 
 /*
  * Whether to let the BQL go while waiting for the server: only a vCPU
- * thread that asked to (a guest's BAR access), and holds it.
+ * thread that asked to (a guest's BAR or config space access), and holds
+ * it.
  */
 static bool vfio_user_may_release_bql(bool release_bql)
 {
@@ -759,11 +760,13 @@ int vfio_user_request(VFIOUserProxy *proxy, VFIOUserHdr *req,
 }
 
 /*
- * The same, for a guest's access to a BAR from a vCPU thread: the BQL
- * goes while the reply is awaited, so that the monitor, the main loop and
- * the other vCPUs run meanwhile.  hw/vfio's BAR accesses keep no device
- * state across the call; the device cannot go away meanwhile, as the
- * access holds the RCU read lock that keeps its memory regions alive.
+ * The same, for a guest's access to a BAR or config space from a vCPU
+ * thread: the BQL goes while the reply is awaited, so that the monitor,
+ * the main loop and the other vCPUs run meanwhile.  The caller keeps no
+ * device state across the call (hw/vfio's BAR accesses, and the first
+ * exchange of its config accesses); the device cannot go away meanwhile,
+ * as the access holds the RCU read lock that keeps its memory regions
+ * alive, and unplug waits for config accesses (pci.c).
  */
 int vfio_user_request_unlocked(VFIOUserProxy *proxy, VFIOUserHdr *req,
                                VFIOUserMsg *reply, Error **errp)

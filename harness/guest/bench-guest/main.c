@@ -10,6 +10,7 @@
  *
  * Command line (-append):
  *   [mode=mmio|msix|hammer] [n=MAX] [budget_ms=MS] [reps=R] [pm=guest]
+ *   [hammer=config]
  *
  * mode=mmio (default): rows of 4-byte accesses to
  *   - BAR0 of the raw vfio-user test server (1b36:00f1): the scratch
@@ -32,7 +33,9 @@
  *   from entry.S) which never touches the device and prints a tick line
  *   every TICK_MS of its TSC; it also counts its ticks in ap_ticks.  The
  *   two share COM1 a line at a time.  Nothing but a failed start ends
- *   it: the host kills it.
+ *   it: the host kills it.  With hammer=config, the counter goes to the
+ *   raw server's config space instead (offset 0x40, which it stores and
+ *   vfio-pci passes through), by configuration mechanism 1.
  *
  * The rows run R times over (reps=R, default 3), in turn, so that a burst
  * of load on the host spoils one pass of a row rather than all of it.
@@ -83,6 +86,7 @@
 
 /* Raw test server, BAR0 */
 #define RAW_SCRATCH     0x010
+#define RAW_CFG_SCRATCH 0x40    /* config space: stored, not emulated */
 #define RAW_IOEVENTFD   0x100
 #define RAW_SHADOW      0x108
 #define RAW_IOREGION_RD 0x200
@@ -164,6 +168,7 @@ static enum {
 } mode;
 static const char *const mode_names[] = { "mmio", "msix", "hammer" };
 static int pm_force;     /* pm=guest: program the PM base even if set */
+static int hammer_config;   /* hammer=config: config space, not BAR0 */
 /* mode=hammer: volatile, the other vCPU watches them */
 static volatile uint32_t serial_busy;
 static volatile uint32_t ap_alive;
@@ -683,6 +688,8 @@ static void parse_cmdline(struct mb_info *mbi)
             mode = MODE_HAMMER;
         } else if (prefix(s, "pm=guest")) {
             pm_force = 1;
+        } else if (prefix(s, "hammer=config")) {
+            hammer_config = 1;
         }
         if (num) {
             *num = 0;
@@ -916,6 +923,24 @@ void ap_main(void)
     }
 }
 
+/* mode=hammer: the register it hammers, in BAR0 or config space */
+static void hammer_write(int raw, uint32_t v)
+{
+    if (hammer_config) {
+        cfg_write(raw >> 3, raw & 7, RAW_CFG_SCRATCH, v);
+    } else {
+        mmio_write(RAW_BAR0 + RAW_SCRATCH, v);
+    }
+}
+
+static uint32_t hammer_read(int raw)
+{
+    if (hammer_config) {
+        return cfg_read(raw >> 3, raw & 7, RAW_CFG_SCRATCH);
+    }
+    return mmio_read(RAW_BAR0 + RAW_SCRATCH);
+}
+
 /*
  * mode=hammer: the BSP as a driver that never stops using its device,
  * the AP as a vCPU that never touches it.
@@ -936,8 +961,8 @@ static void hammer(void)
     }
     set_bar(raw, 0, RAW_BAR0);
     enable_device(raw, 0x2);            /* memory space */
-    mmio_write(RAW_BAR0 + RAW_SCRATCH, 0x5a5aa5a5);
-    if (mmio_read(RAW_BAR0 + RAW_SCRATCH) != 0x5a5aa5a5) {
+    hammer_write(raw, 0x5a5aa5a5);
+    if (hammer_read(raw) != 0x5a5aa5a5) {
         fail("the raw server's scratch register does not hold a value");
     }
     start_ap();
@@ -945,8 +970,8 @@ static void hammer(void)
     puts_serial("BENCH-GUEST: ap started\n");
     serial_unlock();
     for (i = 1;; i++) {
-        mmio_write(RAW_BAR0 + RAW_SCRATCH, i);
-        if (mmio_read(RAW_BAR0 + RAW_SCRATCH) != i) {
+        hammer_write(raw, i);
+        if (hammer_read(raw) != i) {
             bad++;
         }
         if (i % max_n == 0) {
