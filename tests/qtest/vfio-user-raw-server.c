@@ -2004,6 +2004,12 @@ static void cfg_caps(const struct misbehaviour *m)
     }
 }
 
+/* BAR @b is a 64-bit memory BAR, by its type bits in config space */
+static void cfg_bar64(const struct misbehaviour *m)
+{
+    st_le(config + CFG_BAR0 + 4 * m->b, 4, PCI_BASE_ADDRESS_MEM_TYPE_64);
+}
+
 /* MSI with 64-bit addresses and per-vector masking (24 bytes) at @pos */
 static void cfg_add_msi(unsigned pos)
 {
@@ -2318,6 +2324,17 @@ static const struct misbehaviour misbehaviours[] = {
       .index = INDEX(0), .region = region_index, .a = 1 },
     { "bar-size-npot", "BAR0 has 0x1800 bytes, not a power of two",
       .index = INDEX(0), .region = region_size, .a = 0x1800 },
+    { "bar-io-huge", "BAR1, an I/O BAR, has 128 KiB",
+      .index = INDEX(1), .region = region_size, .a = 0x20000 },
+    { "bar32-huge", "BAR0, a 32-bit memory BAR, has 4 GiB",
+      .index = INDEX(0), .region = region_size, .a = 1ull << 32 },
+    { "bar64-slot5", "BAR5 is a 64-bit BAR of 4 KiB",
+      .setup = cfg_bar64, .b = 5,
+      .index = INDEX(5), .region = region_size, .a = 0x1000 },
+    { "bar64-upper-sized", "BAR0 is 64-bit, and BAR1 (its upper half) sized",
+      .setup = cfg_bar64, .b = 0 },
+    { "bar64", "BAR2 is a 64-bit BAR (BAR3, its upper half, has no size)",
+      .setup = cfg_bar64, .b = 2 },
     { "cfg-size-0", "config space has 0 bytes",
       .setup = set_cfg_size, .a = 0 },
     { "cfg-size-16", "config space has 16 bytes",

@@ -2742,6 +2742,13 @@ static const HostileCase hostile_cases[] = {
     { "region-argsz-huge", REALIZE_FAILS, "region 2" },
     { "region-index-wrong", REALIZE_FAILS, "region 0" },
     { "bar-size-npot", WORKS, .warn = "not a power of two" },
+    /* NEW: BARs the bus cannot map are refused, naming the BAR */
+    { "bar-io-huge", REALIZE_FAILS, "BAR 1 is an I/O BAR of 0x20000 bytes" },
+    { "bar32-huge", REALIZE_FAILS,
+      "BAR 0 is a 32-bit memory BAR of 0x100000000 bytes" },
+    { "bar64-slot5", REALIZE_FAILS, "BAR 5 is a 64-bit BAR" },
+    { "bar64-upper-sized", REALIZE_FAILS, "BAR 1 holds the upper half" },
+    { "bar64", WORKS },
     /* NEW: config space smaller than 256 bytes, or hidden beyond 256 */
     { "cfg-size-0", REALIZE_FAILS, "config space is 0 bytes" },
     { "cfg-size-16", REALIZE_FAILS, "config space is 16 bytes" },
