@@ -167,6 +167,8 @@ check: qemu qemu-asan guest
 		"$(REPO)/harness/e2e-nvme.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/e2e-nvme-iommu shared iommu" \
 		"e2e: NVMe server killed and restarted, the Linux guest recovers" \
 		"$(REPO)/harness/e2e-nvme-reconnect.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/e2e-nvme-reconnect" \
+		"e2e: NVMe server stopped under I/O, the monitor and the guest run on" \
+		"$(REPO)/harness/e2e-nvme-hang.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/e2e-nvme-hang" \
 		"kvm: bare-metal guest, MSI-X through KVM irqfd" \
 		"$(REPO)/harness/kvm-msix.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-test-server $(GUEST)/msix-guest.elf $(REPO)/out/kvm-msix msix" \
 		"kvm: bare-metal guest, MSI through KVM irqfd" \
