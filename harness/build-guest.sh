@@ -1,7 +1,7 @@
 #!/bin/bash
 # Build the Linux test guest from Debian packages: the distribution kernel
-# and an initramfs of busybox-static, the kernel's NVMe driver modules and
-# an init that exercises an NVMe disk.
+# and an initramfs of busybox-static, the kernel's NVMe and virtio-blk
+# driver modules and an init that exercises the disk.
 #
 # usage: build-guest.sh REPO OUTDIR
 # Leaves OUTDIR/vmlinuz and OUTDIR/initramfs.gz.
@@ -36,7 +36,7 @@ mkdir -p root/bin root/dev root/proc root/sys root/tmp root/lib/modules
 cp busybox/bin/busybox root/bin/busybox
 install -m 0755 "$repo/harness/guest/init" root/init
 
-# The NVMe driver and what it depends on, dependencies first
+# The disk drivers and what they depend on, dependencies first
 declare -A seen=()
 order=()
 add_module() {
@@ -58,6 +58,8 @@ add_module() {
 add_module crct10dif_generic
 add_module crc64_rocksoft_generic
 add_module nvme
+add_module virtio_pci
+add_module virtio_blk
 printf '%s\n' "${order[@]}" > root/lib/modules/order
 
 mkdir -p "$out"

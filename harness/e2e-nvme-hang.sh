@@ -42,7 +42,7 @@ guest_log=$work/guest.log
 truncate -s 64M "$work/disk.img"
 : >"$guest_log"
 
-source "$(dirname "$(realpath "$0")")/nvme-server.sh"
+source "$(dirname "$(realpath "$0")")/disk-server.sh"
 
 server=''
 qemu_pid=''

@@ -59,7 +59,7 @@ mkfifo "$work/ctl.in" "$work/ctl.out"
 : >"$guest_log"
 : >"$events"
 
-source "$(dirname "$(realpath "$0")")/nvme-server.sh"
+source "$(dirname "$(realpath "$0")")/disk-server.sh"
 
 server=''
 server1=''

@@ -5,9 +5,12 @@
 # caches, reads back and checks a pattern, with MSI-X interrupts.
 #
 # usage: e2e-nvme.sh QEMU GUEST_DIR WORK_DIR [shared|unshared] [iommu]
-#   shared    guest RAM is a memfd the server maps (default)
-#   unshared  guest RAM has no fd: DMA travels as DMA_READ/DMA_WRITE
-#   iommu     the guest has an intel-iommu (caching-mode=on)
+#                    [virtio-blk]
+#   shared      guest RAM is a memfd the server maps (default)
+#   unshared    guest RAM has no fd: DMA travels as DMA_READ/DMA_WRITE
+#   iommu       the guest has an intel-iommu (caching-mode=on)
+#   virtio-blk  the server exports virtio-blk-pci instead, and the guest's
+#               virtio_blk driver drives it
 # Exits 0 when the guest reports PASS.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
@@ -17,7 +20,15 @@ qemu=$(realpath "$1")
 guest=$(realpath "$2")
 work=$(realpath -m "$3")
 memory=${4:-shared}
-iommu=${5:-}
+iommu=''
+device=nvme
+for opt in "${@:5}"; do
+    case $opt in
+    iommu) iommu=iommu ;;
+    virtio-blk) device=virtio-blk ;;
+    *) echo "e2e: unknown option $opt"; exit 2 ;;
+    esac
+done
 timeout=${VFIO_USER_E2E_TIMEOUT:-240}
 
 rm -rf "$work"
@@ -25,15 +36,21 @@ mkdir -p "$work"
 sock=$work/nvme.sock
 truncate -s 64M "$work/disk.img"
 
-source "$(dirname "$(realpath "$0")")/nvme-server.sh"
+source "$(dirname "$(realpath "$0")")/disk-server.sh"
 server=''
 trap 'if [ -n "$server" ]; then kill $server 2>/dev/null; wait $server 2>/dev/null; fi' EXIT
-start_nvme_server "$qemu" "$sock" "$work/disk.img" "$work/server.log" "" ||
-    exit 1
+if [ "$device" = virtio-blk ]; then
+    start_disk_server "$qemu" "$sock" "$work/disk.img" "$work/server.log" \
+        "$VIRTIO_BLK_SERVER_DEVICE" || exit 1
+else
+    start_nvme_server "$qemu" "$sock" "$work/disk.img" "$work/server.log" \
+        "" || exit 1
+fi
 
 machine=q35
 args=()
 append="console=ttyS0 panic=-1"
+[ "$device" = virtio-blk ] && append+=" e2e.disk=vda"
 if [ "$memory" = shared ]; then
     machine+=",memory-backend=mem0"
     args+=(-object memory-backend-memfd,id=mem0,size=512M,share=on)
@@ -58,7 +75,7 @@ timeout -k 5 "$timeout" "$qemu" -M "$machine" -accel tcg -m 512M -smp 1 \
     >"$work/guest.log" 2>&1
 rc=$?
 
-grep -E '^VFIO-USER-E2E|^e2e:|nvme' "$work/guest.log" | tail -n 12
+grep -E '^VFIO-USER-E2E|^e2e:|nvme|virtio' "$work/guest.log" | tail -n 12
 if [ $rc -ne 0 ]; then
     echo "e2e: guest QEMU exited with $rc (124: timed out after ${timeout}s)"
     tail -n 20 "$work/guest.log"

@@ -71,10 +71,8 @@ if [ ! -x "$qemu" ]; then
     exit 1
 fi
 
-# Keep the cache of kernel modules between runs, nothing else
+rm -rf "$out"
 mkdir -p "$out"
-find "$out" -mindepth 1 -maxdepth 1 ! -name cache -exec rm -rf {} +
-mkdir -p "$out/cache"
 rows_json=$out/rows.jsonl
 table=$out/table.txt
 : >"$rows_json"
@@ -245,66 +243,11 @@ echo "extra vfio-user-pci properties (BENCH_VFU_PROPS): ${vfu_props:-none}"
 linux_dir=$out/linux
 linux_initrd=$linux_dir/initramfs-bench.gz
 
-# Kernel modules for virtio-blk (modules in Debian's kernel, not in the
-# test guest's initramfs) from the package of the guest's kernel, cached
-# in OUT_DIR/cache.  Prints why not, on failure.
-virtio_modules() {
-    local kver=$1 dest=$2 tmp deb kmods m
-
-    if [ -s "$dest/order" ]; then
-        return 0
-    fi
-    tmp=$(mktemp -d /tmp/bench-kernel.XXXXXX)
-    # apt's sandbox user cannot write here; download as root quietly
-    if ! (cd "$tmp" && apt-get download -o APT::Sandbox::User=root \
-            "linux-image-$kver" >/dev/null 2>"$tmp/apt.err"); then
-        echo "apt-get download linux-image-$kver failed:" \
-            "$(tail -n 1 "$tmp/apt.err")"
-        rm -rf "$tmp"
-        return 1
-    fi
-    deb=$(ls "$tmp"/linux-image-*.deb)
-    dpkg-deb -x "$deb" "$tmp/kernel"
-    kmods=$tmp/kernel/lib/modules/$kver/kernel
-    rm -rf "$dest.new"
-    mkdir -p "$dest.new"
-    declare -A seen=()
-    local -a order=()
-    add_module() {
-        local name=$1 path dep
-
-        [ -n "${seen[$name]:-}" ] && return 0
-        seen[$name]=1
-        path=$(find "$kmods" -name "$name.ko" -o -name "${name//-/_}.ko" |
-               head -n 1)
-        if [ -z "$path" ]; then
-            echo "module $name is not in linux-image-$kver"
-            return 1
-        fi
-        for dep in $(strings -a "$path" | sed -n 's/^depends=//p' |
-                     tr ',' ' '); do
-            add_module "$dep" || return 1
-        done
-        cp "$path" "$dest.new/$name.ko"
-        order+=("$name")
-    }
-    for m in virtio_pci virtio_blk; do
-        if ! add_module "$m"; then
-            rm -rf "$tmp" "$dest.new"
-            return 1
-        fi
-    done
-    printf '%s\n' "${order[@]}" >"$dest.new/order"
-    rm -rf "$tmp" "$dest"
-    mv "$dest.new" "$dest"
-}
-
-# Sets linux_skip (nothing runs) and virtio_skip (virtio rows only)
+# Sets linux_skip when nothing can run
 linux_setup() {
-    local tmp kver why
+    local tmp kver
 
     linux_skip=
-    virtio_skip=
     if [ ! -f "$guest_dir/vmlinuz" ] || [ ! -f "$guest_dir/initramfs.gz" ]; then
         linux_skip="no test guest in $guest_dir (make guest)"
         return
@@ -321,13 +264,8 @@ linux_setup() {
         rm -rf "$tmp"
         return
     fi
-    mkdir -p "$tmp/root/bench/modules"
+    mkdir -p "$tmp/root/bench"
     install -m 0755 "$here/linux-init" "$tmp/root/bench/init"
-    if why=$(virtio_modules "$kver" "$out/cache/virtio-$kver"); then
-        cp "$out/cache/virtio-$kver"/* "$tmp/root/bench/modules/"
-    else
-        virtio_skip="no virtio-blk modules: $why"
-    fi
     # The kernel unpacks concatenated archives in turn
     (cd "$tmp/root" && find . | cpio -o -H newc --quiet | gzip -1) \
         >"$tmp/bench.cpio.gz"
@@ -426,9 +364,6 @@ linux_section() {
     linux_setup
     if [ -z "$linux_skip" ]; then
         for dev in nvme virtio; do
-            if [ "$dev" = virtio ] && [ -n "$virtio_skip" ]; then
-                continue
-            fi
             progress "linux: $dev, in-process and through vfio-user-pci"
             if ! why=$(linux_run "$dev"); then
                 fail[$dev]=$why
@@ -460,9 +395,6 @@ linux_section() {
             [ "$dev" = nvme ] && label="nvme $label" ||
                 label="virtio-blk $label"
             skip=$linux_skip
-            if [ -z "$skip" ] && [ "$dev" = virtio ]; then
-                skip=$virtio_skip
-            fi
             if [ -z "$skip" ] && [ -n "${fail[$dev]:-}" ]; then
                 skip="the guest did not run: ${fail[$dev]}"
             fi
