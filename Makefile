@@ -165,6 +165,8 @@ check: qemu qemu-asan guest
 		"$(REPO)/harness/e2e-nvme.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/e2e-nvme shared" \
 		"e2e: Linux guest, virtio-blk via x-vfio-user-server (iommu_platform=on), MSI-X" \
 		"$(REPO)/harness/e2e-nvme.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/e2e-virtio-blk shared virtio-blk" \
+		"e2e: Linux guest, SCSI disk on megasas-gen2 via x-vfio-user-server, MSI-X" \
+		"$(REPO)/harness/e2e-nvme.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/e2e-scsi shared scsi" \
 		"e2e: Linux guest with intel-iommu, NVMe via x-vfio-user-server" \
 		"$(REPO)/harness/e2e-nvme.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/e2e-nvme-iommu shared iommu" \
 		"e2e: NVMe server killed and restarted, the Linux guest recovers" \

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Build the Linux test guest from Debian packages: the distribution kernel
-# and an initramfs of busybox-static, the kernel's NVMe and virtio-blk
-# driver modules and an init that exercises the disk.
+# and an initramfs of busybox-static, the kernel's NVMe, virtio-blk and
+# SCSI (megaraid_sas, sd) driver modules and an init that exercises the disk.
 #
 # usage: build-guest.sh REPO OUTDIR
 # Leaves OUTDIR/vmlinuz and OUTDIR/initramfs.gz.
@@ -60,6 +60,8 @@ add_module crc64_rocksoft_generic
 add_module nvme
 add_module virtio_pci
 add_module virtio_blk
+add_module megaraid_sas
+add_module sd_mod
 printf '%s\n' "${order[@]}" > root/lib/modules/order
 
 mkdir -p "$out"

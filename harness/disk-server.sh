@@ -6,8 +6,9 @@
 
 # start_disk_server QEMU SOCK DISK LOG DEVICE [QEMU_ARG]...
 # Starts the server in the background, its pid in $server, and waits for
-# it to create SOCK.  DEVICE is the exported device's -device option but
-# for its drive and id ("nvme,serial=...").  On failure prints why and the
+# it to create SOCK.  DISK is drive drv0; DEVICE is the exported device's
+# -device option but for its id ("nvme,drive=drv0,serial=..."); a disk
+# behind a host adapter comes as more QEMU_ARGs.  On failure prints why and the
 # server's log, and returns 1.  The server must not find SOCK there
 # already: libvfio-user bind()s it without removing a stale one first.
 start_disk_server() {
@@ -16,7 +17,7 @@ start_disk_server() {
     shift 5
     "$qemu" -machine x-remote,vfio-user=on -nodefaults -display none \
         -drive id=drv0,file="$disk",format=raw,if=none,cache=none \
-        -device "$device",drive=drv0,id=dev0 \
+        -device "$device",id=dev0 \
         -object '{"qom-type":"x-vfio-user-server","id":"vfu0","device":"dev0","socket":{"type":"unix","path":"'"$sock"'"}}' \
         "$@" >"$log" 2>&1 &
     server=$!
@@ -40,11 +41,15 @@ start_nvme_server() {
 
     shift 5
     start_disk_server "$qemu" "$sock" "$disk" "$log" \
-        "nvme,serial=vfio-user-e2e$props" "$@"
+        "nvme,drive=drv0,serial=vfio-user-e2e$props" "$@"
 }
 
 # x-vfio-user-server exports a virtio device only with iommu_platform=on
 # (and so disable-legacy=on): without it, virtio's DMA goes to the
 # server's own memory instead of through the vfio-user DMA mappings, and
 # the first request never completes.
-VIRTIO_BLK_SERVER_DEVICE=virtio-blk-pci,iommu_platform=on,disable-legacy=on
+VIRTIO_BLK_SERVER_DEVICE=virtio-blk-pci,drive=drv0,iommu_platform=on,disable-legacy=on
+
+# A SCSI host adapter (MegaRAID SAS 2108, MSI-X) with the disk on its bus
+SCSI_SERVER_DEVICE=megasas-gen2
+SCSI_SERVER_ARGS=(-device scsi-hd,drive=drv0,bus=dev0.0)

@@ -5,12 +5,15 @@
 # caches, reads back and checks a pattern, with MSI-X interrupts.
 #
 # usage: e2e-nvme.sh QEMU GUEST_DIR WORK_DIR [shared|unshared] [iommu]
-#                    [virtio-blk]
+#                    [virtio-blk|scsi]
 #   shared      guest RAM is a memfd the server maps (default)
 #   unshared    guest RAM has no fd: DMA travels as DMA_READ/DMA_WRITE
 #   iommu       the guest has an intel-iommu (caching-mode=on)
 #   virtio-blk  the server exports virtio-blk-pci instead, and the guest's
 #               virtio_blk driver drives it
+#   scsi        the server exports a SCSI host adapter (MegaRAID SAS 2108,
+#               megasas-gen2) with the disk on its bus; the guest's
+#               megaraid_sas and sd drivers drive it
 # Exits 0 when the guest reports PASS.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
@@ -25,7 +28,7 @@ device=nvme
 for opt in "${@:5}"; do
     case $opt in
     iommu) iommu=iommu ;;
-    virtio-blk) device=virtio-blk ;;
+    virtio-blk|scsi) device=$opt ;;
     *) echo "e2e: unknown option $opt"; exit 2 ;;
     esac
 done
@@ -42,6 +45,9 @@ trap 'if [ -n "$server" ]; then kill $server 2>/dev/null; wait $server 2>/dev/nu
 if [ "$device" = virtio-blk ]; then
     start_disk_server "$qemu" "$sock" "$work/disk.img" "$work/server.log" \
         "$VIRTIO_BLK_SERVER_DEVICE" || exit 1
+elif [ "$device" = scsi ]; then
+    start_disk_server "$qemu" "$sock" "$work/disk.img" "$work/server.log" \
+        "$SCSI_SERVER_DEVICE" "${SCSI_SERVER_ARGS[@]}" || exit 1
 else
     start_nvme_server "$qemu" "$sock" "$work/disk.img" "$work/server.log" \
         "" || exit 1
@@ -51,6 +57,7 @@ machine=q35
 args=()
 append="console=ttyS0 panic=-1"
 [ "$device" = virtio-blk ] && append+=" e2e.disk=vda"
+[ "$device" = scsi ] && append+=" e2e.disk=sda"
 if [ "$memory" = shared ]; then
     machine+=",memory-backend=mem0"
     args+=(-object memory-backend-memfd,id=mem0,size=512M,share=on)
@@ -75,7 +82,7 @@ timeout -k 5 "$timeout" "$qemu" -M "$machine" -accel tcg -m 512M -smp 1 \
     >"$work/guest.log" 2>&1
 rc=$?
 
-grep -E '^VFIO-USER-E2E|^e2e:|nvme|virtio' "$work/guest.log" | tail -n 12
+grep -E '^VFIO-USER-E2E|^e2e:|nvme|virtio|megaraid|sd 0' "$work/guest.log" | tail -n 12
 if [ $rc -ne 0 ]; then
     echo "e2e: guest QEMU exited with $rc (124: timed out after ${timeout}s)"
     tail -n 20 "$work/guest.log"
