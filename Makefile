@@ -169,6 +169,8 @@ check: qemu qemu-asan guest
 		"$(REPO)/harness/e2e-nvme.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/e2e-scsi shared scsi" \
 		"e2e: Linux guest with intel-iommu, NVMe via x-vfio-user-server" \
 		"$(REPO)/harness/e2e-nvme.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/e2e-nvme-iommu shared iommu" \
+		"libvirt: the docs' domain XML with NVMe, destroy, missing server, socket permissions" \
+		"$(REPO)/harness/libvirt.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/libvirt $(REPO)/docs/system/devices/vfio-user.rst" \
 		"e2e: NVMe server killed and restarted, the Linux guest recovers" \
 		"$(REPO)/harness/e2e-nvme-reconnect.sh $(QEMU_BIN) $(GUEST) $(REPO)/out/e2e-nvme-reconnect" \
 		"e2e: NVMe server stopped under I/O, the monitor and the guest run on" \

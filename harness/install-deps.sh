@@ -58,5 +58,9 @@ apt-get install -y -q --no-install-recommends \
     clang libclang-rt-14-dev llvm
 apt-get install -y -q --no-install-recommends -t bookworm-backports \
     meson python3-pycotap
+# libvirt for harness/libvirt.sh: bookworm's own (9.0).  The backports one
+# would also pull backports' systemd and Debian's QEMU; the test runs ours.
+apt-get install -y -q --no-install-recommends \
+    libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
 
 touch "$stamp"
