@@ -192,6 +192,13 @@ server_gone() {
     return 1
 }
 
+# A server whose client never came: it does not go by itself
+server_stop() {
+    kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+    server=''
+}
+
 libvirtd_pid=$(pgrep -x libvirtd)
 libvirtd_fds=$(fd_count "$libvirtd_pid")
 
@@ -288,4 +295,117 @@ if virsh -c "$uri" domid "$name" >/dev/null 2>&1 ||
    pgrep -f "guest=$name," >/dev/null; then
     failed "something of $name is left running"
 fi
+server_stop
+
+# 5. Hot-plug by the docs' recipe: its root port XML and QMP commands
+python3 - "$doc" "$work/hotplug" <<'PYEOF' || failed "no hot-plug recipe in the docs"
+import json, sys
+
+lines = open(sys.argv[1]).read().splitlines()
+start = next(i for i, l in enumerate(lines)
+             if l.strip().startswith("<controller type='pci' "
+                                     "model='pcie-root-port'"))
+end = next(i for i in range(start, len(lines))
+           if lines[i].strip() == "</controller>")
+open(sys.argv[2] + ".controller", "w").write(
+    "\n".join(lines[start:end + 1]) + "\n")
+cmds = [l.split("'")[1] for l in lines
+        if l.startswith("  virsh qemu-monitor-command DOMAIN ")]
+names = [json.loads(c)["execute"] for c in cmds]
+if names != ["getfd", "device_add", "device_del"]:
+    sys.exit(f"the docs' hot-plug commands are {names}")
+# The <qemu:commandline> that turns ACPI hot-plug off: native PCIe
+knob = next(i for i, l in enumerate(lines)
+            if "acpi-pci-hotplug-with-bridge-support=off" in l)
+start = max(i for i in range(knob) if lines[i].strip() == "<qemu:commandline>")
+end = next(i for i in range(knob, len(lines))
+           if lines[i].strip() == "</qemu:commandline>")
+open(sys.argv[2] + ".native", "w").write(
+    "\n".join(lines[start:end + 1]) + "\n")
+for name, cmd in zip(names, cmds):
+    open(f"{sys.argv[2]}.{name}", "w").write(cmd)
+PYEOF
+server_start hotplug
+# Only the test reaches the socket now: QEMU gets a connected fd
+chgrp root "$work/run/nvme.sock"
+chmod 600 "$work/run/nvme.sock"
+name=vfio-user-test-$$-hotplug
+domains+=("$name")
+domain_xml "$name" "$work/run/nvme.sock" "$work/hotplug.console" \
+    " e2e.mode=hotplug" >"$work/hotplug-doc.xml"
+# The documented domain without its cold-plugged device, with the port
+# and native PCIe hot-plug
+python3 - "$work/hotplug-doc.xml" "$work/hotplug.controller" \
+    "$work/hotplug.native" >"$work/hotplug.xml" <<'PYEOF'
+import re, sys
+
+xml = open(sys.argv[1]).read()
+xml, n = re.subn(r"\s*<qemu:commandline>.*</qemu:commandline>", "", xml,
+                 flags=re.S)
+if n != 1:
+    sys.exit("no <qemu:commandline> in the documented domain")
+xml = xml.replace("  </devices>", open(sys.argv[2]).read() + "  </devices>",
+                  1)
+xml = xml.replace("</domain>", open(sys.argv[3]).read() + "</domain>", 1)
+print(xml)
+PYEOF
+virsh -c "$uri" create "$work/hotplug.xml" >"$work/hotplug.virsh" 2>&1 ||
+    failed "virsh create: $(cat "$work/hotplug.virsh")"
+
+# wait_console FILE ERE SECONDS WHAT: until the guest prints ERE
+wait_console() {
+    local deadline=$(($(date +%s) + $3))
+
+    until grep -q -E "$2" "$1" 2>/dev/null; do
+        if grep -q '^VFIO-USER-E2E: FAIL' "$1" 2>/dev/null; then
+            failed "$4: $(grep -m1 '^VFIO-USER-E2E:' "$1")"
+        fi
+        [ "$(date +%s)" -lt "$deadline" ] || failed "$4 within $3 s"
+        sleep 0.2
+    done
+}
+wait_console "$work/hotplug.console" '^e2e: hotplug ready' "$boot_s" \
+    "the guest did not get ready for hot-plug"
+# Connect, hand the fd over with getfd, device_add: as a management layer
+python3 - "$work/run/nvme.sock" "$name" "$uri" "$work/hotplug" <<'PYEOF' ||
+import json, socket, subprocess, sys
+
+path, name, uri, cmds = sys.argv[1:]
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(path)
+fd = sock.fileno()
+
+
+def qmp(cmd, *extra, **kw):
+    out = subprocess.run(["virsh", "-c", uri, "qemu-monitor-command", name,
+                          *extra, open(f"{cmds}.{cmd}").read()],
+                         capture_output=True, text=True, **kw)
+    print(f"libvirt: {cmd}: {out.stdout.strip() or out.stderr.strip()}")
+    if out.returncode or "error" in json.loads(out.stdout or "{}"):
+        sys.exit(f"{cmd} failed")
+
+
+qmp("getfd", "--pass-fds", str(fd), pass_fds=(fd,))
+sock.close()                            # QEMU holds its own copy now
+qmp("device_add")
+PYEOF
+    failed "the hot-plug commands failed"
+wait_console "$work/hotplug.console" '^e2e: hotplug io:' 120 \
+    "the guest did no I/O on the hot-plugged controller"
+sed -n 's/^e2e: hotplug /libvirt: guest: hotplug /p' "$work/hotplug.console"
+grep -q '^e2e: hotplug came: .*pciehp' "$work/hotplug.console" ||
+    failed "the guest did not hear of the controller through pciehp"
+out=$(virsh -c "$uri" qemu-monitor-command "$name" \
+      "$(cat "$work/hotplug.device_del")" 2>&1) || failed "device_del: $out"
+echo "libvirt: device_del: $out"
+wait_console "$work/hotplug.console" '^e2e: hotplug went' 120 \
+    "the guest did not see the controller go"
+wait_gone "$name" 30
+result=$(grep -m1 '^VFIO-USER-E2E:' "$work/hotplug.console" || true)
+echo "libvirt: guest: ${result:-no result}"
+case $result in
+*PASS*) ;;
+*) failed "the hot-plug guest did not pass" ;;
+esac
+server_gone 10 || failed "the server still has its client after device_del"
 echo "libvirt: ok"
