@@ -51,6 +51,7 @@ source "$(dirname "$(realpath "$0")")/disk-server.sh"
 
 started=()
 server=''
+servers=()
 domains=()
 cleanup() {
     local d pid
@@ -58,10 +59,10 @@ cleanup() {
     for d in "${domains[@]}"; do
         virsh -c "$uri" destroy "$d" >/dev/null 2>&1 || true
     done
-    if [ -n "$server" ]; then
-        kill "$server" 2>/dev/null || true
-        wait "$server" 2>/dev/null || true
-    fi
+    for pid in "${servers[@]}" $server; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     for pid in "${started[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
@@ -175,6 +176,7 @@ server_start() {
     rm -f "$work/run/nvme.sock"
     start_nvme_server "$qemu" "$work/run/nvme.sock" "$work/disk.img" \
         "$work/server-$1.log" "" || failed "the server did not start"
+    servers+=("$server")
     # As the docs say: the socket to QEMU's group, which may write to it
     chgrp kvm "$work/run/nvme.sock"
     chmod g+rw "$work/run/nvme.sock"
