@@ -2,9 +2,8 @@
 # A vCPU that waits for a vfio-user server must not stop the rest of QEMU
 # (issue 8, part 1).  A bare-metal guest on two vCPUs
 # (harness/guest/bench-guest, mode=hammer) writes and reads a register of
-# the raw test server for ever on the first vCPU (in BAR0; with TARGET
-# config in config space, which goes through hw/vfio's config code; with
-# TARGET ioregionfd in BAR0 at an ioregionfd the server offers); the second never touches
+# the raw test server for ever on the first vCPU (in BAR0, or with TARGET
+# config in config space, which goes through hw/vfio's config code); the second never touches
 # the device and prints a tick every 50 ms.  Once both run, the server is
 # stopped (SIGSTOP) for 30 s, so that the guest's access in flight waits
 # the whole time.  Meanwhile:
@@ -18,8 +17,7 @@
 # go on, and QEMU quit when told.
 #
 # usage: bql-wait.sh QEMU RAW_SERVER GUEST_ELF WORK_DIR [ACCEL [TARGET]]
-#   ACCEL is tcg (default) or kvm; TARGET bar (default), config or
-#   ioregionfd.
+#   ACCEL is tcg (default) or kvm; TARGET bar (default) or config.
 # Exits 0 on success, 77 (skip) when ACCEL is kvm and KVM is unusable.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
@@ -46,13 +44,9 @@ if [ "$accel" = kvm ] && [ ! -w /dev/kvm ]; then
     exit 77
 fi
 case $target in
-bar) hammer_opt='' server_opt=() ;;
-config) hammer_opt=' hammer=config' server_opt=() ;;
-ioregionfd)
-    hammer_opt=' hammer=ioregionfd'
-    server_opt=(--iofd 0,ioregionfd,offset=0x200,size=0x10)
-    ;;
-*) echo "bql-wait: TARGET is bar, config or ioregionfd, not $target"; exit 2 ;;
+bar) hammer_opt='' ;;
+config) hammer_opt=' hammer=config' ;;
+*) echo "bql-wait: TARGET is bar or config, not $target"; exit 2 ;;
 esac
 case $accel in
 # Both vCPUs must run at once: one thread each
@@ -104,7 +98,7 @@ failed() {
     exit 1
 }
 
-"$server_bin" --log "$work/server-events.log" "${server_opt[@]}" "$work/sock" \
+"$server_bin" --log "$work/server-events.log" "$work/sock" \
     2>"$work/server.log" &
 server=$!
 for _ in $(seq 100); do

@@ -28,7 +28,6 @@
 #include <sys/socket.h>
 
 #include "exec/memory.h"
-#include "hw/core/cpu.h"
 #include "hw/vfio-user/check.h"
 #include "hw/vfio-user/iofd.h"
 #include "qapi/error.h"
@@ -36,8 +35,6 @@
 #include "qemu/error-report.h"
 #include "qemu/event_notifier.h"
 #include "qemu/host-utils.h"
-#include "qemu/lockable.h"
-#include "qemu/main-loop.h"
 #include "qemu/memfd.h"
 #include "qemu/timer.h"
 #include "trace.h"
@@ -51,7 +48,7 @@ struct VFIOUserIOFD {
     bool posted;                /* ioregionfd writes need no response */
     bool registered;            /* with the MemoryRegion */
     EventNotifier notifier;     /* the eventfd types */
-    int fd;                     /* an ioregionfd's socket, or -1 (atomic) */
+    int fd;                     /* an ioregionfd's socket, or -1 */
     int shadow_fd;              /* a shadow ioeventfd's memory, or -1 */
     uint64_t shadow_offset;     /* where in it the value goes */
 };
@@ -329,8 +326,6 @@ VFIOUserIOFDs *vfio_user_iofds_new(const char *name, VFIORegion *region,
     iofds->pio = pio;
     iofds->timeout_ms = timeout_ms;
     iofds->budget = budget;
-    qemu_mutex_init(&iofds->ioregion_lock);
-    qemu_cond_init(&iofds->ioregion_done);
     return iofds;
 }
 
@@ -454,10 +449,6 @@ void vfio_user_iofds_clear(VFIOUserIOFDs *iofds)
 {
     unsigned int i;
 
-    /* A vCPU's ioregionfd access without the BQL; bounded by its timeout */
-    while (iofds->ioregion_users) {
-        qemu_cond_wait_bql(&iofds->ioregion_done);
-    }
     if (!iofds->entries) {
         return;
     }
@@ -481,8 +472,6 @@ void vfio_user_iofds_free(VFIOUserIOFDs *iofds)
 {
     if (iofds) {
         vfio_user_iofds_clear(iofds);
-        qemu_cond_destroy(&iofds->ioregion_done);
-        qemu_mutex_destroy(&iofds->ioregion_lock);
         g_free(iofds);
     }
 }
@@ -528,45 +517,7 @@ static int vfio_user_ioregionfd_xfer(int fd, void *buf, size_t len,
     return 0;
 }
 
-/*
- * One command and its response, if @wait, on @e's socket, under
- * ioregion_lock: accesses from several vCPUs take turns, or a response
- * would be taken for another's.  A failure closes the socket: a late
- * response would be taken for the next one.
- */
-static int vfio_user_ioregionfd_xfer_locked(VFIOUserIOFDs *iofds,
-                                            VFIOUserIOFD *e,
-                                            VFIOUserIORegionCmd *cmd,
-                                            VFIOUserIORegionResp *resp,
-                                            bool wait)
-{
-    int64_t deadline;
-    int ret, fd;
-
-    QEMU_LOCK_GUARD(&iofds->ioregion_lock);
-    fd = qatomic_read(&e->fd);
-    if (fd < 0) {
-        /* Another vCPU's access failed meanwhile */
-        return -ENOTCONN;
-    }
-    deadline = qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + iofds->timeout_ms;
-    ret = vfio_user_ioregionfd_xfer(fd, cmd, sizeof(*cmd), true, deadline);
-    if (!ret && wait) {
-        ret = vfio_user_ioregionfd_xfer(fd, resp, sizeof(*resp), false,
-                                        deadline);
-    }
-    if (ret < 0) {
-        qatomic_set(&e->fd, -1);
-        close(fd);
-    }
-    return ret;
-}
-
-/*
- * One guest access as an ioregionfd command, and its response if any.  A
- * vCPU waits for it without the BQL, as for an access through the socket
- * (vfio_user_request_unlocked()); clearing the entries waits for it.
- */
+/* One guest access as an ioregionfd command, and its response if any */
 static int vfio_user_ioregionfd_access(VFIOUserIOFDs *iofds,
                                        VFIOUserProxy *proxy,
                                        VFIOUserIOFD *e, bool write,
@@ -574,7 +525,6 @@ static int vfio_user_ioregionfd_access(VFIOUserIOFDs *iofds,
                                        void *data)
 {
     bool wait = !write || !e->posted;
-    bool unlocked = current_cpu && bql_locked();
     VFIOUserIORegionCmd cmd = {
         .info = cpu_to_le32((write ? VFIO_USER_IOREGIONFD_CMD_WRITE :
                                      VFIO_USER_IOREGIONFD_CMD_READ) |
@@ -585,6 +535,7 @@ static int vfio_user_ioregionfd_access(VFIOUserIOFDs *iofds,
         .data = cpu_to_le64(write ? ldn_le_p(data, size) : 0),
     };
     VFIOUserIORegionResp resp;
+    int64_t deadline;
     int ret;
 
     /*
@@ -592,30 +543,27 @@ static int vfio_user_ioregionfd_access(VFIOUserIOFDs *iofds,
      * writes, posted ones on the socket included: see that they are done.
      */
     if (wait) {
-        vfio_user_flush_posted(proxy, true);
+        vfio_user_flush_posted(proxy);
     }
     trace_vfio_user_ioregionfd(iofds->name, iofds->region->nr, write,
                                offset, size, le64_to_cpu(cmd.data));
-    iofds->ioregion_users++;
-    if (unlocked) {
-        bql_unlock();
-    }
-    ret = vfio_user_ioregionfd_xfer_locked(iofds, e, &cmd, &resp, wait);
-    if (unlocked) {
-        bql_lock();
-    }
-    if (!--iofds->ioregion_users) {
-        qemu_cond_broadcast(&iofds->ioregion_done);
-    }
-    if (ret == -ENOTCONN) {
-        return ret;
+    deadline = qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + iofds->timeout_ms;
+    ret = vfio_user_ioregionfd_xfer(e->fd, &cmd, sizeof(cmd), true, deadline);
+    if (!ret && wait) {
+        ret = vfio_user_ioregionfd_xfer(e->fd, &resp, sizeof(resp), false,
+                                        deadline);
     }
     if (ret < 0) {
-        /* The region is still the server's through the socket */
+        /*
+         * A late response would be taken for the next one: this fd is
+         * done for.  The region is still the server's through the socket.
+         */
         error_report("%s: BAR %u ioregionfd at 0x%" PRIx64 " failed: %s; "
                      "its accesses go through the socket from now on",
                      iofds->name, iofds->region->nr, e->offset,
                      strerror(-ret));
+        close(e->fd);
+        e->fd = -1;
         return ret;
     }
     if (!write) {
@@ -649,7 +597,7 @@ static VFIOUserIOFD *vfio_user_iofds_find(VFIOUserIOFDs *iofds, bool write,
             }
             return e;
         case VFIO_USER_IO_FD_TYPE_IOREGIONFD:
-            if (qatomic_read(&e->fd) < 0 || offset < e->offset ||
+            if (e->fd < 0 || offset < e->offset ||
                 offset - e->offset + size > e->size) {
                 continue;
             }

@@ -10,7 +10,7 @@
  *
  * Command line (-append):
  *   [mode=mmio|msix|hammer] [n=MAX] [budget_ms=MS] [reps=R] [pm=guest]
- *   [hammer=config|hammer=ioregionfd]
+ *   [hammer=config]
  *
  * mode=mmio (default): rows of 4-byte accesses to
  *   - BAR0 of the raw vfio-user test server (1b36:00f1): the scratch
@@ -35,9 +35,7 @@
  *   two share COM1 a line at a time.  Nothing but a failed start ends
  *   it: the host kills it.  With hammer=config, the counter goes to the
  *   raw server's config space instead (offset 0x40, which it stores and
- *   vfio-pci passes through), by configuration mechanism 1; with
- *   hammer=ioregionfd to BAR0 0x200, where the host offers an ioregionfd
- *   (harness/bql-wait.sh).
+ *   vfio-pci passes through), by configuration mechanism 1.
  *
  * The rows run R times over (reps=R, default 3), in turn, so that a burst
  * of load on the host spoils one pass of a row rather than all of it.
@@ -171,7 +169,6 @@ static enum {
 static const char *const mode_names[] = { "mmio", "msix", "hammer" };
 static int pm_force;     /* pm=guest: program the PM base even if set */
 static int hammer_config;   /* hammer=config: config space, not BAR0 */
-static uint32_t hammer_reg = RAW_SCRATCH;   /* in BAR0 */
 /* mode=hammer: volatile, the other vCPU watches them */
 static volatile uint32_t serial_busy;
 static volatile uint32_t ap_alive;
@@ -693,8 +690,6 @@ static void parse_cmdline(struct mb_info *mbi)
             pm_force = 1;
         } else if (prefix(s, "hammer=config")) {
             hammer_config = 1;
-        } else if (prefix(s, "hammer=ioregionfd")) {
-            hammer_reg = RAW_IOREGION_RD;
         }
         if (num) {
             *num = 0;
@@ -934,7 +929,7 @@ static void hammer_write(int raw, uint32_t v)
     if (hammer_config) {
         cfg_write(raw >> 3, raw & 7, RAW_CFG_SCRATCH, v);
     } else {
-        mmio_write(RAW_BAR0 + hammer_reg, v);
+        mmio_write(RAW_BAR0 + RAW_SCRATCH, v);
     }
 }
 
@@ -943,7 +938,7 @@ static uint32_t hammer_read(int raw)
     if (hammer_config) {
         return cfg_read(raw >> 3, raw & 7, RAW_CFG_SCRATCH);
     }
-    return mmio_read(RAW_BAR0 + hammer_reg);
+    return mmio_read(RAW_BAR0 + RAW_SCRATCH);
 }
 
 /*

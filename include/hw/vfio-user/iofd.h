@@ -26,11 +26,6 @@ typedef struct VFIOUserIOFDs {
     bool intercept;
     /* What the server sends was reported once; after a reset it is traced */
     bool reported;
-    /* One ioregionfd command and response at a time, from any thread */
-    QemuMutex ioregion_lock;
-    /* Accesses that let the BQL go (under the BQL), and their end */
-    unsigned int ioregion_users;
-    QemuCond ioregion_done;
 } VFIOUserIOFDs;
 
 VFIOUserIOFDs *vfio_user_iofds_new(const char *name, VFIORegion *region,
