@@ -44,34 +44,86 @@ static VFIOUserDevice *vfio_user_dev(VFIODevice *vbasedev)
 }
 
 /*
- * The device whose guest config space access this thread is in, until
- * that access's first exchange with the server: see
- * vfio_user_device_config_access().
+ * A guest config space exchange that pci.c made ahead of hw/vfio's config
+ * code (vfio_user_device_config_ahead()), on this thread, until hw/vfio
+ * makes the same one and takes its result instead.
  */
-static __thread VFIOUserDevice *vfio_user_config_access;
+typedef struct VFIOUserConfigAhead {
+    VFIOUserDevice *udev;       /* NULL: none */
+    bool write;
+    off_t off;
+    uint32_t size;
+    int ret;
+    uint8_t data[4];
+} VFIOUserConfigAhead;
+
+static __thread VFIOUserConfigAhead vfio_user_config_ahead;
+/* Set while vfio_user_device_config_ahead() makes its exchange */
+static __thread bool vfio_user_config_unlocked;
+
+static int vfio_user_region_read(VFIODevice *vbasedev, uint8_t index,
+                                 off_t off, uint32_t size, void *data);
+static int vfio_user_region_write(VFIODevice *vbasedev, uint8_t index,
+                                  off_t off, uint32_t size,
+                                  const void *data);
 
 /*
- * A guest's config space access from a vCPU (pci.c wraps hw/vfio's
- * config_read and config_write in it): the access's first exchange with
- * the server may wait without the BQL.  That exchange is hw/vfio's read
- * or write of the config region, which both vfio_pci_read_config() and
- * vfio_pci_write_config() do before they look at any device state; what
- * they do afterwards (MSI enables, BAR updates, more requests) holds the
- * BQL as usual.  Pass NULL when the access ends.
+ * A guest's config space access, from a vCPU that holds the BQL: make
+ * its exchange with the server (@size bytes at @off in the config region,
+ * as hw/vfio's config code will ask for) now, letting the BQL go while
+ * waiting, as for a BAR access.  pci.c calls this before hw/vfio's
+ * vfio_pci_read_config() or vfio_pci_write_config(), whose own exchange
+ * then takes this result; everything else they do holds the BQL as
+ * usual.  The caller keeps the device referenced meanwhile, and checks
+ * afterwards that it was not unplugged.
  */
-void vfio_user_device_config_access(VFIOUserDevice *udev)
+void vfio_user_device_config_ahead(VFIODevice *vbasedev, bool write,
+                                   off_t off, uint32_t size, void *data)
 {
-    vfio_user_config_access = udev;
+    VFIOUserConfigAhead *ahead = &vfio_user_config_ahead;
+    int ret;
+
+    assert(size <= sizeof(ahead->data));
+    ahead->udev = NULL;
+    vfio_user_config_unlocked = true;
+    if (write) {
+        ret = vfio_user_region_write(vbasedev, VFIO_PCI_CONFIG_REGION_INDEX,
+                                     off, size, data);
+    } else {
+        ret = vfio_user_region_read(vbasedev, VFIO_PCI_CONFIG_REGION_INDEX,
+                                    off, size, data);
+    }
+    vfio_user_config_unlocked = false;
+    ahead->udev = vfio_user_dev(vbasedev);
+    ahead->write = write;
+    ahead->off = off;
+    ahead->size = size;
+    ahead->ret = ret;
+    memcpy(ahead->data, data, size);
 }
 
-/* Whether this exchange with the server is that first one */
-static bool vfio_user_config_first(VFIOUserDevice *udev, uint8_t index)
+/* The access is over: an exchange made ahead and not taken is dropped */
+void vfio_user_device_config_done(void)
 {
-    if (index != VFIO_PCI_CONFIG_REGION_INDEX ||
-        vfio_user_config_access != udev) {
+    vfio_user_config_ahead.udev = NULL;
+}
+
+/* hw/vfio's exchange, if pci.c made it ahead: its result, and true */
+static bool vfio_user_config_take(VFIOUserDevice *udev, uint8_t index,
+                                  bool write, off_t off, uint32_t size,
+                                  void *data, int *ret)
+{
+    VFIOUserConfigAhead *ahead = &vfio_user_config_ahead;
+
+    if (ahead->udev != udev || index != VFIO_PCI_CONFIG_REGION_INDEX ||
+        ahead->write != write || ahead->off != off || ahead->size != size) {
         return false;
     }
-    vfio_user_config_access = NULL;
+    ahead->udev = NULL;
+    if (!write) {
+        memcpy(data, ahead->data, size);
+    }
+    *ret = ahead->ret;
     return true;
 }
 
@@ -653,13 +705,18 @@ static int vfio_user_region_offset(VFIODevice *vbasedev, uint8_t index,
 static int vfio_user_region_read(VFIODevice *vbasedev, uint8_t index,
                                  off_t off, uint32_t size, void *data)
 {
-    VFIOUserDevice *udev = vfio_user_op_dev(vbasedev);
-    /* A guest's BAR read: a vCPU waits for it without the BQL */
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    /* A guest's BAR or config read: a vCPU waits without the BQL */
     bool bar = index < VFIO_PCI_ROM_REGION_INDEX;
-    bool unlocked = bar || vfio_user_config_first(udev, index);
+    bool unlocked = bar || vfio_user_config_unlocked;
     uint32_t done = 0;
     uint64_t rel;
     int ret;
+
+    if (vfio_user_config_take(udev, index, false, off, size, data, &ret)) {
+        return ret;
+    }
+    udev = vfio_user_op_dev(vbasedev);
 
     ret = vfio_user_region_offset(vbasedev, index, off, size, &rel);
     if (ret < 0) {
@@ -714,12 +771,18 @@ static int vfio_user_region_read(VFIODevice *vbasedev, uint8_t index,
 static int vfio_user_region_write(VFIODevice *vbasedev, uint8_t index,
                                   off_t off, uint32_t size, const void *data)
 {
-    VFIOUserDevice *udev = vfio_user_op_dev(vbasedev);
-    bool unlocked = vfio_user_config_first(udev, index);
+    VFIOUserDevice *udev = vfio_user_dev(vbasedev);
+    bool unlocked = vfio_user_config_unlocked;
     uint32_t done = 0;
     uint64_t rel;
     bool bar, posted;
     int ret;
+
+    if (vfio_user_config_take(udev, index, true, off, size, (void *)data,
+                              &ret)) {
+        return ret;
+    }
+    udev = vfio_user_op_dev(vbasedev);
 
     ret = vfio_user_region_offset(vbasedev, index, off, size, &rel);
     if (ret < 0) {

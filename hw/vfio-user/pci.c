@@ -34,6 +34,7 @@ OBJECT_DECLARE_TYPE(VFIOUserPCIDevice, VFIOUserPCIDeviceClass, VFIO_USER_PCI)
 struct VFIOUserPCIDeviceClass {
     PCIDeviceClass parent_class;
     PCIUnregisterFunc *parent_exit;
+    DeviceUnrealize parent_unrealize;
 };
 
 /* Long enough for a server that is busy, short enough to notice a hang */
@@ -59,9 +60,8 @@ struct VFIOUserPCIDevice {
     bool up;                    /* realized and connected: lost is news */
     bool reconnect_reported;    /* a failed attempt, in this outage */
     QEMUTimer *reconnect_timer;
-    /* Guest config space accesses in hw/vfio, which may let the BQL go */
-    unsigned int config_accesses;
-    QemuCond config_accesses_done;
+    /* Unrealize has begun: a config access that let the BQL go stops */
+    bool unplugging;
 };
 
 /*
@@ -318,37 +318,54 @@ error:
 }
 
 /*
- * A guest's config space access waits for the server without the BQL
- * (vfio_user_device_config_access() says when): hw/vfio's config accesses
- * keep no device state across that wait, as they make it before looking
- * at any.  Unplug waits for them to be done, since they go on to update
- * config space afterwards.
+ * A guest's config space access waits for the server without the BQL, as
+ * a BAR access does.  hw/vfio's config code acts on device state around
+ * its exchange with the device, so the exchange is made first, here
+ * (vfio_user_device_config_ahead()), and hw/vfio's code then runs, with
+ * the BQL, on its result.  Meanwhile the device may have been unplugged
+ * (its config space and BARs are gone then): the reference keeps the
+ * object, and the access ends there, as on a removed device.
  */
-static void vfio_user_pci_config_begin(VFIOUserPCIDevice *dev)
+static bool vfio_user_pci_config_ahead(VFIOUserPCIDevice *dev, bool write,
+                                       uint32_t addr, int len, void *data)
 {
-    dev->config_accesses++;
-    if (current_cpu) {
-        vfio_user_device_config_access(&dev->udev);
+    VFIOPCIDevice *vdev = VFIO_PCI_BASE(dev);
+    bool gone;
+
+    object_ref(OBJECT(dev));
+    vfio_user_device_config_ahead(&vdev->vbasedev, write,
+                                  vdev->config_offset + addr, len, data);
+    gone = dev->unplugging;
+    if (gone) {
+        vfio_user_device_config_done();
     }
+    object_unref(OBJECT(dev));
+    return !gone;
 }
 
-static void vfio_user_pci_config_end(VFIOUserPCIDevice *dev)
+/* Only a vCPU lets the BQL go; the main loop has nobody to let run */
+static bool vfio_user_pci_config_unlocked(VFIOUserPCIDevice *dev)
 {
-    vfio_user_device_config_access(NULL);
-    if (!--dev->config_accesses) {
-        qemu_cond_broadcast(&dev->config_accesses_done);
-    }
+    return current_cpu && bql_locked() && !dev->unplugging;
 }
 
 static uint32_t vfio_user_pci_read_config(PCIDevice *pdev, uint32_t addr,
                                           int len)
 {
     VFIOUserPCIDevice *dev = VFIO_USER_PCI(pdev);
-    uint32_t val;
+    VFIOPCIDevice *vdev = VFIO_PCI_BASE(pdev);
+    uint32_t emu_bits = 0, phys = 0, val;
 
-    vfio_user_pci_config_begin(dev);
+    /* hw/vfio asks the device only for bits it does not emulate */
+    memcpy(&emu_bits, vdev->emulated_config_bits + addr, len);
+    emu_bits = le32_to_cpu(emu_bits);
+    if (vfio_user_pci_config_unlocked(dev) &&
+        (~emu_bits & (0xffffffffU >> (32 - len * 8))) &&
+        !vfio_user_pci_config_ahead(dev, false, addr, len, &phys)) {
+        return 0xffffffffU >> (32 - len * 8);
+    }
     val = vfio_pci_read_config(pdev, addr, len);
-    vfio_user_pci_config_end(dev);
+    vfio_user_device_config_done();
     return val;
 }
 
@@ -356,10 +373,23 @@ static void vfio_user_pci_write_config(PCIDevice *pdev, uint32_t addr,
                                        uint32_t val, int len)
 {
     VFIOUserPCIDevice *dev = VFIO_USER_PCI(pdev);
+    uint32_t val_le = cpu_to_le32(val);
 
-    vfio_user_pci_config_begin(dev);
+    if (vfio_user_pci_config_unlocked(dev) &&
+        !vfio_user_pci_config_ahead(dev, true, addr, len, &val_le)) {
+        return;
+    }
     vfio_pci_write_config(pdev, addr, val, len);
-    vfio_user_pci_config_end(dev);
+    vfio_user_device_config_done();
+}
+
+/* From here on, config accesses keep the BQL, and those waiting stop */
+static void vfio_user_pci_unrealize(DeviceState *d)
+{
+    VFIOUserPCIDeviceClass *k = VFIO_USER_PCI_GET_CLASS(d);
+
+    VFIO_USER_PCI(d)->unplugging = true;
+    k->parent_unrealize(d);
 }
 
 /*
@@ -371,10 +401,6 @@ static void vfio_user_pci_exit(PCIDevice *pdev)
     VFIOUserPCIDeviceClass *k = VFIO_USER_PCI_GET_CLASS(pdev);
     VFIOUserPCIDevice *dev = VFIO_USER_PCI(pdev);
 
-    /* A vCPU's config access that let the BQL go; bounded by its timeout */
-    while (dev->config_accesses) {
-        qemu_cond_wait_bql(&dev->config_accesses_done);
-    }
 
     if (dev->reconnect_timer) {
         timer_free(dev->reconnect_timer);
@@ -389,7 +415,6 @@ static void vfio_user_pci_instance_init(Object *obj)
 {
     /* Display support is for kernel vGPUs (dma-bufs, gfx planes) */
     VFIO_PCI_BASE(obj)->display = ON_OFF_AUTO_OFF;
-    qemu_cond_init(&VFIO_USER_PCI(obj)->config_accesses_done);
 }
 
 /*
@@ -414,7 +439,6 @@ static void vfio_user_pci_instance_finalize(Object *obj)
     }
     qapi_free_SocketAddress(dev->socket);
     qapi_free_SocketAddress(dev->addr);
-    qemu_cond_destroy(&dev->config_accesses_done);
 }
 
 /* socket=PATH, or a SocketAddress object (JSON -device, QMP device_add) */
@@ -503,6 +527,8 @@ static void vfio_user_pci_class_init(ObjectClass *klass, void *data)
     pdc->exit = vfio_user_pci_exit;
     pdc->config_read = vfio_user_pci_read_config;
     pdc->config_write = vfio_user_pci_write_config;
+    device_class_set_parent_unrealize(dc, vfio_user_pci_unrealize,
+                                      &k->parent_unrealize);
 }
 
 static const TypeInfo vfio_user_pci_info = {

@@ -44,7 +44,9 @@ extern const VFIODeviceIOOps vfio_user_device_io_ops;
 bool vfio_user_device_attach(VFIODevice *vbasedev, VFIOUserDevice *udev,
                              Error **errp);
 void vfio_user_device_detach(VFIODevice *vbasedev);
-void vfio_user_device_config_access(VFIOUserDevice *udev);
+void vfio_user_device_config_ahead(VFIODevice *vbasedev, bool write,
+                                   off_t off, uint32_t size, void *data);
+void vfio_user_device_config_done(void);
 void vfio_user_device_add_cause(VFIOUserDevice *udev, Error **errp);
 bool vfio_user_device_check_same(VFIODevice *vbasedev, Error **errp);
 bool vfio_user_device_replay(VFIODevice *vbasedev, Error **errp);
