@@ -575,9 +575,12 @@ static int vfio_user_send_unlocked(VFIOUserProxy *proxy, VFIOUserHdr *hdr,
 }
 
 /*
- * Read one message as a waiter (holding proxy->reading), the BQL let go
- * meanwhile for a vCPU with @release_bql.  A timeout is the caller's to
- * notice; anything else loses the connection.
+ * Read one message as a waiter, while nobody else reads (proxy->lock held
+ * on entry and on return), the BQL let go meanwhile for a vCPU with
+ * @release_bql.  The reader's token goes back before the BQL is taken
+ * again: whoever holds the BQL may be waiting for a reply that only the
+ * next reader delivers.  A timeout is the caller's to notice; anything
+ * else loses the connection.
  */
 static void vfio_user_read_released(VFIOUserProxy *proxy,
                                     int64_t deadline_ms, bool release_bql)
@@ -586,10 +589,16 @@ static void vfio_user_read_released(VFIOUserProxy *proxy,
     Error *err = NULL;
     int ret;
 
+    proxy->reading = true;
+    qemu_mutex_unlock(&proxy->lock);
     if (unlocked) {
         bql_unlock();
     }
     ret = vfio_user_read_one(proxy, true, deadline_ms, &err);
+    WITH_QEMU_LOCK_GUARD(&proxy->lock) {
+        proxy->reading = false;
+        qemu_cond_broadcast(&proxy->cond);
+    }
     if (unlocked) {
         bql_lock();
     }
@@ -598,6 +607,7 @@ static void vfio_user_read_released(VFIOUserProxy *proxy,
     } else if (ret < 0) {
         vfio_user_connection_lost(proxy, err, NULL);
     }
+    qemu_mutex_lock(&proxy->lock);
 }
 
 /*
@@ -707,12 +717,7 @@ static int vfio_user_exchange(VFIOUserProxy *proxy, VFIOUserHdr *req,
             vfio_user_wait(proxy, deadline, release_bql);
             continue;
         }
-        proxy->reading = true;
-        qemu_mutex_unlock(&proxy->lock);
         vfio_user_read_released(proxy, deadline, release_bql);
-        qemu_mutex_lock(&proxy->lock);
-        proxy->reading = false;
-        qemu_cond_broadcast(&proxy->cond);
     }
     QTAILQ_REMOVE(&proxy->pending, &pending, next);
     msg = pending.reply;
@@ -764,9 +769,10 @@ int vfio_user_request(VFIOUserProxy *proxy, VFIOUserHdr *req,
  * thread: the BQL goes while the reply is awaited, so that the monitor,
  * the main loop and the other vCPUs run meanwhile.  The caller keeps no
  * device state across the call (hw/vfio's BAR accesses, and the first
- * exchange of its config accesses); the device cannot go away meanwhile,
- * as the access holds the RCU read lock that keeps its memory regions
- * alive, and unplug waits for config accesses (pci.c).
+ * exchange of its config accesses, which pci.c makes ahead); the device
+ * cannot go away meanwhile, as the access holds the RCU read lock that
+ * keeps it alive, and a config access that finds it unplugged afterwards
+ * ends there (pci.c).
  */
 int vfio_user_request_unlocked(VFIOUserProxy *proxy, VFIOUserHdr *req,
                                VFIOUserMsg *reply, Error **errp)
