@@ -187,6 +187,8 @@ check: qemu qemu-asan guest
 		"$(REPO)/harness/bql-wait.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/tcg-bql-wait tcg" \
 		"kvm: monitor and other vCPUs run while a vCPU waits for a stopped server" \
 		"$(REPO)/harness/bql-wait.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/kvm-bql-wait kvm" \
+		"tcg: a device unplugged while a vCPU's config read waits for its server" \
+		"$(REPO)/harness/unplug-race.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/tcg-unplug-race" \
 		"tcg: the same, the vCPU waiting in a config space access" \
 		"$(REPO)/harness/bql-wait.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/tcg-bql-wait-config tcg config" \
 		"kvm: the same, the vCPU waiting in a config space access" \

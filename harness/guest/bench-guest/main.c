@@ -10,7 +10,7 @@
  *
  * Command line (-append):
  *   [mode=mmio|msix|hammer] [n=MAX] [budget_ms=MS] [reps=R] [pm=guest]
- *   [hammer=config]
+ *   [hammer=config] [eject=1]
  *
  * mode=mmio (default): rows of 4-byte accesses to
  *   - BAR0 of the raw vfio-user test server (1b36:00f1): the scratch
@@ -35,7 +35,12 @@
  *   two share COM1 a line at a time.  Nothing but a failed start ends
  *   it: the host kills it.  With hammer=config, the counter goes to the
  *   raw server's config space instead (offset 0x40, which it stores and
- *   vfio-pci passes through), by configuration mechanism 1.
+ *   vfio-pci passes through), by configuration mechanism 1.  With eject=1
+ *   (and hammer=config) the BSP only reads, and the AP, once the BSP has
+ *   made no progress for EJECT_MS (its access waits for a stopped
+ *   server), ejects the device's slot through PIIX4's ACPI PCI hot-plug
+ *   registers, as an ACPI guest does, and says so: the device is then
+ *   unplugged while that access waits (harness/unplug-race.sh).
  *
  * The rows run R times over (reps=R, default 3), in turn, so that a burst
  * of load on the host spoils one pass of a row rather than all of it.
@@ -169,6 +174,13 @@ static enum {
 static const char *const mode_names[] = { "mmio", "msix", "hammer" };
 static int pm_force;     /* pm=guest: program the PM base even if set */
 static int hammer_config;   /* hammer=config: config space, not BAR0 */
+static int hammer_eject;    /* eject=1: the AP ejects a stuck device */
+/* mode=hammer: the BSP's progress, for the AP to see it stuck */
+static volatile uint32_t hammer_done;
+static volatile int hammer_slot = -1;
+#define EJECT_MS        1000
+#define PCIHP_SEL       0xae10  /* PIIX4 ACPI PCI hot-plug: bus select */
+#define PCIHP_EJECT     0xae08  /* ... and eject, a bit per slot */
 /* mode=hammer: volatile, the other vCPU watches them */
 static volatile uint32_t serial_busy;
 static volatile uint32_t ap_alive;
@@ -690,6 +702,8 @@ static void parse_cmdline(struct mb_info *mbi)
             pm_force = 1;
         } else if (prefix(s, "hammer=config")) {
             hammer_config = 1;
+        } else if (prefix(s, "eject=1")) {
+            hammer_eject = 1;
         }
         if (num) {
             *num = 0;
@@ -905,13 +919,31 @@ static void start_ap(void)
  */
 void ap_main(void)
 {
-    uint64_t start = rdtsc(), next;
+    uint64_t start = rdtsc(), next, stuck_since = rdtsc();
+    uint32_t seen = 0;
 
     ap_alive = 1;
     for (;;) {
         next = rdtsc() + (uint64_t)tsc_khz * TICK_MS;
         while (rdtsc() < next) {
             /* nothing */
+        }
+        if (hammer_eject && hammer_slot >= 0) {
+            if (hammer_done != seen) {
+                seen = hammer_done;
+                stuck_since = rdtsc();
+            } else if (rdtsc() - stuck_since >
+                       (uint64_t)tsc_khz * EJECT_MS) {
+                serial_lock();
+                puts_serial("BENCH-GUEST: ejecting");
+                kv("slot", hammer_slot);
+                kv("after", seen);
+                puts_serial("\n");
+                serial_unlock();
+                outl(PCIHP_SEL, 0);
+                outl(PCIHP_EJECT, 1u << hammer_slot);
+                hammer_slot = -1;
+            }
         }
         ap_ticks++;
         serial_lock();
@@ -965,14 +997,25 @@ static void hammer(void)
     if (hammer_read(raw) != 0x5a5aa5a5) {
         fail("the raw server's scratch register does not hold a value");
     }
+    if (hammer_eject) {
+        hammer_slot = raw >> 3;
+    }
     start_ap();
     serial_lock();
     puts_serial("BENCH-GUEST: ap started\n");
     serial_unlock();
     for (i = 1;; i++) {
-        hammer_write(raw, i);
-        if (hammer_read(raw) != i) {
-            bad++;
+        if (hammer_eject) {
+            /* reads only: a read is what waits when the AP ejects */
+            if (hammer_read(raw) != 0x5a5aa5a5) {
+                bad++;
+            }
+            hammer_done = i;
+        } else {
+            hammer_write(raw, i);
+            if (hammer_read(raw) != i) {
+                bad++;
+            }
         }
         if (i % max_n == 0) {
             serial_lock();
