@@ -343,10 +343,18 @@ static bool vfio_user_pci_config_ahead(VFIOUserPCIDevice *dev, bool write,
     return !gone;
 }
 
-/* Only a vCPU lets the BQL go; the main loop has nobody to let run */
+/*
+ * Only a vCPU lets the BQL go (the main loop has nobody to let run), and
+ * only inside an RCU read-side section, as its port I/O and MMIO
+ * dispatch are: that is what keeps the device, unplugged meanwhile,
+ * valid for the caller (pci_host_config_read_common()) once the access
+ * ends.  Config accesses that come another way (a hypercall) wait with
+ * the BQL held.
+ */
 static bool vfio_user_pci_config_unlocked(VFIOUserPCIDevice *dev)
 {
-    return current_cpu && bql_locked() && !dev->unplugging;
+    return current_cpu && bql_locked() && !dev->unplugging &&
+           get_ptr_rcu_reader()->depth > 0;
 }
 
 static uint32_t vfio_user_pci_read_config(PCIDevice *pdev, uint32_t addr,

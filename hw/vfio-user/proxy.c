@@ -595,17 +595,18 @@ static void vfio_user_read_released(VFIOUserProxy *proxy,
         bql_unlock();
     }
     ret = vfio_user_read_one(proxy, true, deadline_ms, &err);
+    /* Before the next reader parses what this one may have left half read */
+    if (ret == -ETIMEDOUT) {
+        error_free(err);
+    } else if (ret < 0) {
+        vfio_user_connection_lost(proxy, err, NULL);
+    }
     WITH_QEMU_LOCK_GUARD(&proxy->lock) {
         proxy->reading = false;
         qemu_cond_broadcast(&proxy->cond);
     }
     if (unlocked) {
         bql_lock();
-    }
-    if (ret == -ETIMEDOUT) {
-        error_free(err);
-    } else if (ret < 0) {
-        vfio_user_connection_lost(proxy, err, NULL);
     }
     qemu_mutex_lock(&proxy->lock);
 }
