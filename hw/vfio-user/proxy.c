@@ -409,7 +409,8 @@ static bool vfio_user_complete(VFIOUserProxy *proxy, VFIOUserMsg *msg,
 
     QEMU_LOCK_GUARD(&proxy->lock);
     QTAILQ_FOREACH(pending, &proxy->pending, next) {
-        if (pending->id != msg->hdr->id) {
+        /* A waiter that has its reply may not have left the list yet */
+        if (pending->id != msg->hdr->id || pending->done) {
             continue;
         }
         if (pending->command != msg->hdr->command) {
