@@ -257,46 +257,40 @@ echo "libvirt: destroyed $name while its guest ran: no QEMU, no state," \
     "libvirtd at $now_fds fds ($libvirtd_fds before), the server saw" \
     "its client go"
 
+# must_fail CASE SOCKET PATTERN WHAT: a domain on SOCKET must not start;
+# libvirt's error (left in $msg) must match the glob PATTERN, and nothing
+# of the domain may be left running
+must_fail() {
+    local case=$1 sock=$2 pattern=$3 what=$4 name
+
+    name=vfio-user-test-$$-$case
+    domains+=("$name")
+    domain_xml "$name" "$sock" "$work/$case.console" >"$work/$case.xml"
+    if virsh -c "$uri" create "$work/$case.xml" >"$work/$case.virsh" 2>&1
+    then
+        failed "$case: the domain started"
+    fi
+    msg=$(tr '\n' ' ' <"$work/$case.virsh")
+    [[ $msg == $pattern ]] || failed "$case: libvirt's error is not $what: $msg"
+    if virsh -c "$uri" domid "$name" >/dev/null 2>&1 ||
+       pgrep -f "guest=$name," >/dev/null; then
+        failed "something of $name is left running"
+    fi
+}
+
 # 3. No server on the socket: QEMU's error, through libvirt
-name=vfio-user-test-$$-missing
-domains+=("$name")
-domain_xml "$name" "$work/run/missing.sock" "$work/missing.console" \
-    >"$work/missing.xml"
-if virsh -c "$uri" create "$work/missing.xml" >"$work/missing.virsh" 2>&1; then
-    failed "a domain without its server started"
-fi
-msg=$(tr '\n' ' ' <"$work/missing.virsh")
+must_fail missing "$work/run/missing.sock" "*$work/run/missing.sock*" \
+    "one naming the socket"
 echo "libvirt: without a server: $msg"
-case $msg in
-*"$work/run/missing.sock"*) ;;
-*) failed "libvirt's error does not name the socket" ;;
-esac
-if virsh -c "$uri" domid "$name" >/dev/null 2>&1 ||
-   pgrep -f "guest=$name," >/dev/null; then
-    failed "something of $name is left running"
-fi
 
 # 4. A socket as the server made it (root's, 0755): QEMU may not connect
 server_start denied
 chmod g-w,o-w "$work/run/nvme.sock"
 chgrp root "$work/run/nvme.sock"
-name=vfio-user-test-$$-denied
-domains+=("$name")
-domain_xml "$name" "$work/run/nvme.sock" "$work/denied.console" \
-    >"$work/denied.xml"
-if virsh -c "$uri" create "$work/denied.xml" >"$work/denied.virsh" 2>&1; then
-    failed "QEMU connected to a socket its user may not write to"
-fi
-msg=$(tr '\n' ' ' <"$work/denied.virsh")
-case $msg in
-*"$work/run/nvme.sock"*"Permission denied"*) ;;
-*) failed "libvirt's error is not QEMU's permission error on the socket: $msg" ;;
-esac
+must_fail denied "$work/run/nvme.sock" \
+    "*$work/run/nvme.sock*Permission denied*" \
+    "QEMU's permission error on the socket"
 echo "libvirt: a socket only root may write to: ${msg##*vfio-user }"
-if virsh -c "$uri" domid "$name" >/dev/null 2>&1 ||
-   pgrep -f "guest=$name," >/dev/null; then
-    failed "something of $name is left running"
-fi
 server_stop
 
 # 5. Hot-plug by the docs' recipe: its root port XML and QMP commands
