@@ -409,7 +409,6 @@ static void vfio_user_pci_exit(PCIDevice *pdev)
     VFIOUserPCIDeviceClass *k = VFIO_USER_PCI_GET_CLASS(pdev);
     VFIOUserPCIDevice *dev = VFIO_USER_PCI(pdev);
 
-
     if (dev->reconnect_timer) {
         timer_free(dev->reconnect_timer);
         dev->reconnect_timer = NULL;
