@@ -13,6 +13,7 @@
 
 #include "hw/vfio-user/check.h"
 #include "hw/vfio-user/device.h"
+#include "hw/vfio-user/migration.h"
 #include "qapi/error.h"
 #include "qemu/error-report.h"
 #include "qemu/host-utils.h"
@@ -981,6 +982,7 @@ static int vfio_user_device_reset(VFIODevice *vbasedev)
 }
 
 const VFIODeviceIOOps vfio_user_device_io_ops = {
+    .provider = "the vfio-user server",
     .get_region_info = vfio_user_get_region_info,
     .region_mmap_fd = vfio_user_region_mmap_fd,
     .get_irq_info = vfio_user_get_irq_info,
@@ -988,6 +990,10 @@ const VFIODeviceIOOps vfio_user_device_io_ops = {
     .region_read = vfio_user_region_read,
     .region_write = vfio_user_region_write,
     .device_reset = vfio_user_device_reset,
+    .device_feature = vfio_user_device_feature,
+    .mig_data_read = vfio_user_mig_data_read,
+    .mig_data_write = vfio_user_mig_data_write,
+    .mig_precopy_info = vfio_user_mig_precopy_info,
 };
 
 /*

@@ -492,6 +492,11 @@ static const Property vfio_user_pci_properties[] = {
     DEFINE_PROP_BOOL("x-mmap-unsealed", VFIOUserPCIDevice, mmap_unsealed,
                      false),
     DEFINE_PROP_UINT32("reconnect-ms", VFIOUserPCIDevice, reconnect_ms, 0),
+    /* hw/vfio's migration, as vfio-pci has them */
+    DEFINE_PROP_ON_OFF_AUTO("enable-migration", VFIOPCIDevice,
+                            vbasedev.enable_migration, ON_OFF_AUTO_AUTO),
+    DEFINE_PROP_BOOL("migration-events", VFIOPCIDevice,
+                     vbasedev.migration_events, false),
 };
 
 static void vfio_user_pci_class_init(ObjectClass *klass, void *data)
@@ -524,6 +529,12 @@ static void vfio_user_pci_class_init(ObjectClass *klass, void *data)
     object_class_property_set_description(klass, "reconnect-ms",
         "If not 0, when the server goes away, connect to its socket path "
         "again every this many ms and give it the device's state back");
+    object_class_property_set_description(klass, "enable-migration",
+        "Migrate the device if the server supports migration (auto: else "
+        "block migration; on: else fail; off: always block migration)");
+    object_class_property_set_description(klass, "migration-events",
+        "Emit a VFIO_MIGRATION event when the device's migration state "
+        "changes");
     object_class_property_set_description(klass, "x-mmap-unsealed",
         "Map region files the server has not sealed against shrinking "
         "(F_SEAL_SHRINK): faster with such servers, but one that shrinks "

@@ -220,4 +220,49 @@ typedef struct VFIOUserDMARW {
     uint8_t data[];
 } QEMU_PACKED VFIOUserDMARW;
 
+/*
+ * VFIO_USER_DEVICE_FEATURE: struct vfio_device_feature, with the feature's
+ * data inline (where the kernel's structures hold pointers, the data
+ * they point to follows instead).
+ */
+typedef struct VFIOUserDeviceFeature {
+    VFIOUserHdr hdr;
+    uint32_t argsz;
+    uint32_t flags;
+    uint8_t data[];
+} QEMU_PACKED VFIOUserDeviceFeature;
+
+/* VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE: @data_fd is not used */
+typedef struct VFIOUserMigState {
+    uint32_t device_state;
+    int32_t data_fd;
+} QEMU_PACKED VFIOUserMigState;
+
+/* VFIO_DEVICE_FEATURE_DMA_LOGGING_START: @num_ranges ranges follow */
+typedef struct VFIOUserDMALoggingControl {
+    uint64_t page_size;
+    uint32_t num_ranges;
+    uint32_t reserved;
+} QEMU_PACKED VFIOUserDMALoggingControl;
+
+typedef struct VFIOUserDMALoggingRange {
+    uint64_t iova;
+    uint64_t length;
+} QEMU_PACKED VFIOUserDMALoggingRange;
+
+/* VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT: the reply's bitmap follows */
+typedef struct VFIOUserDMALoggingReport {
+    uint64_t iova;
+    uint64_t length;
+    uint64_t page_size;
+} QEMU_PACKED VFIOUserDMALoggingReport;
+
+/* VFIO_USER_MIG_DATA_READ and VFIO_USER_MIG_DATA_WRITE */
+typedef struct VFIOUserMigData {
+    VFIOUserHdr hdr;
+    uint32_t argsz;
+    uint32_t size;
+    uint8_t data[];
+} QEMU_PACKED VFIOUserMigData;
+
 #endif /* HW_VFIO_USER_PROTOCOL_H */
