@@ -38,6 +38,10 @@
  *   0xc28 u64 IOFDS        GET_REGION_IO_FDS requests
  *   0xc30 u64 RESETS       DEVICE_RESETs
  *   0xc38 u64 IOREGION_RD  ioregionfd read commands answered
+ *   0xc40 u32 MIG_STATE    the migration FSM's device state (2: RUNNING)
+ *   0xc44 u32 MIG_LOADS    migration streams applied (RESUMING -> STOP)
+ *   0xc48 u64 MIG_SUM      FNV-1a hash of the extra migration state
+ *   0xc50 u64 MIG_PRECOPY  PRE_COPY chunks handed out
  *
  * What arrives on an io fd lands in the region, as a REGION_WRITE would:
  * an ioregionfd write at the entry's offset plus the command's (a read is
@@ -56,7 +60,9 @@
  * usage: vfio-user-raw-server [--iofd SPEC]... [--iofds-stride N]
  *            [--iofds-error ERRNO] [--fail-write OFFSET]
  *            [--hold-write-replies N] [--misbehave NAME] [--delay-ms N]
- *            [--log FILE] SOCKET_PATH
+ *            [--log FILE] [--migration stop-copy|pre-copy]
+ *            [--mig-fault NAME] [--mig-extra-kib N] [--mig-seed N]
+ *            SOCKET_PATH
  * Serves one client after another until killed.
  *   --iofd REGION,TYPE[,KEY=VALUE]...  an io fd entry of BAR REGION (0-2);
  *       TYPE ioeventfd (wire type 0), ioregionfd (1) or shadow (2).
@@ -97,6 +103,15 @@
  *       "...: error E", "unexpected reply id N", "answered CMD id N"
  *       (with a delay), "unanswered CMD id N" (gone quiet), and "flood
  *       sent N answered M" at the end of a flood.
+ *   --migration stop-copy|pre-copy  offer migration (DEVICE_FEATURE,
+ *       MIG_DATA_READ/WRITE) with the STOP_COPY states only, or PRE_COPY
+ *       too.  Without it, DEVICE_FEATURE fails with ENOTTY.
+ *   --mig-fault NAME  refuse-resuming, refuse-stop-copy, truncate (the
+ *       stream lacks its END record), excess (a MIG_DATA_READ reply says it
+ *       has more than was asked), hang-stop-copy (answer nothing once in
+ *       STOP_COPY).
+ *   --mig-extra-kib N  N KiB of device state besides the registers;
+ *       --mig-seed N fills it with bytes made from N (else zeros).
  * Bad options exit with status 2.
  *
  * Before each message from the client, the server reads every io fd: the
@@ -150,6 +165,9 @@
 #define VU_DMA_READ                 11
 #define VU_DMA_WRITE                12
 #define VU_DEVICE_RESET             13
+#define VU_DEVICE_FEATURE           16
+#define VU_MIG_DATA_READ            17
+#define VU_MIG_DATA_WRITE           18
 
 #define VU_TYPE_MASK        0xf
 #define VU_TYPE_REQUEST     0x0
@@ -213,6 +231,10 @@
 #define ST_IOFDS            0xc28
 #define ST_RESETS           0xc30
 #define ST_IOREGION_RD      0xc38
+#define ST_MIG_STATE        0xc40
+#define ST_MIG_LOADS        0xc44
+#define ST_MIG_SUM          0xc48
+#define ST_MIG_PRECOPY      0xc50
 
 /* GET_REGION_IO_FDS */
 #define MAX_ENTRIES         16
@@ -1391,10 +1413,470 @@ static int handle_region_rw(struct exchange *x)
     return 0;
 }
 
+/*
+ * Migration (the specification's v2, with --migration): the device state
+ * is BAR0's scratch bytes, BAR1, BAR2, config space and, with
+ * --mig-extra-kib, a buffer of that size.  The migration data is a stream
+ * of records (struct mig_record, then its bytes): the extra buffer in
+ * chunks, then the registers, then an END record.  In PRE_COPY, each
+ * MIG_DATA_READ hands out at most the rest of one chunk of the extra
+ * buffer, so that the client needs one iteration per chunk; STOP_COPY adds
+ * what was not sent yet and the registers.  RESUMING takes the stream in
+ * and applies it when the device leaves RESUMING: a stream without its
+ * END record, or a record out of bounds, fails that arc.
+ */
+#define MIG_FLAG_STOP_COPY      (1u << 0)
+#define MIG_FLAG_PRE_COPY       (1u << 2)
+#define MIG_CHUNK               (64 * 1024)
+#define MIG_MAX_EXTRA_KIB       (256 * 1024)
+#define MIG_REC_EXTRA           1
+#define MIG_REC_BAR0            2
+#define MIG_REC_BAR1            3
+#define MIG_REC_BAR2            4
+#define MIG_REC_CONFIG          5
+#define MIG_REC_END             6
+#define MIG_REC_SIZE            16
+
+/* Device features (the kernel's numbering) */
+#define FEATURE_MASK            0xffffu
+#define FEATURE_GET             (1u << 16)
+#define FEATURE_SET             (1u << 17)
+#define FEATURE_PROBE           (1u << 18)
+#define FEATURE_MIGRATION       1
+#define FEATURE_MIG_DEVICE_STATE 2
+
+enum mig_state {
+    MIG_ERROR = 0,
+    MIG_STOP = 1,
+    MIG_RUNNING = 2,
+    MIG_STOP_COPY = 3,
+    MIG_RESUMING = 4,
+    MIG_PRE_COPY = 6,
+    MIG_NR_STATES = 8,
+};
+
+/* --mig-fault */
+enum mig_fault {
+    MIG_FAULT_NONE,
+    MIG_FAULT_REFUSE_RESUMING,  /* fail STOP -> RESUMING */
+    MIG_FAULT_REFUSE_STOP_COPY, /* fail the arcs into STOP_COPY */
+    MIG_FAULT_TRUNCATE,         /* leave the END record out */
+    MIG_FAULT_EXCESS,           /* say a read has more than was asked */
+    MIG_FAULT_HANG_STOP_COPY,   /* go quiet on the way into STOP_COPY */
+};
+
+static const char *const mig_fault_names[] = {
+    [MIG_FAULT_NONE] = "none",
+    [MIG_FAULT_REFUSE_RESUMING] = "refuse-resuming",
+    [MIG_FAULT_REFUSE_STOP_COPY] = "refuse-stop-copy",
+    [MIG_FAULT_TRUNCATE] = "truncate",
+    [MIG_FAULT_EXCESS] = "excess",
+    [MIG_FAULT_HANG_STOP_COPY] = "hang-stop-copy",
+};
+
+static uint32_t mig_flags;          /* 0: no migration */
+static enum mig_fault mig_fault;
+static uint8_t *mig_extra;
+static size_t mig_extra_size;
+
+/* Per connection */
+static enum mig_state mig_state;
+static size_t mig_cursor;           /* extra bytes already in the stream */
+static uint8_t *mig_out;            /* the outgoing stream, not read yet */
+static size_t mig_out_len, mig_out_pos, mig_out_cap;
+static size_t mig_rec_end;          /* PRE_COPY: where this chunk ends */
+static uint8_t *mig_in;             /* RESUMING: what came so far */
+static size_t mig_in_len, mig_in_cap;
+
+static void mig_grow(uint8_t **buf, size_t *cap, size_t need)
+{
+    if (need > *cap) {
+        *cap = need * 2;
+        *buf = realloc(*buf, *cap);
+        if (!*buf) {
+            perror("vfio-user-raw-server: migration buffer");
+            exit(EXIT_FAILURE);
+        }
+    }
+}
+
+static uint64_t mig_extra_sum(void)
+{
+    uint64_t h = 0xcbf29ce484222325ull;     /* FNV-1a */
+    size_t i;
+
+    for (i = 0; i < mig_extra_size; i++) {
+        h = (h ^ mig_extra[i]) * 0x100000001b3ull;
+    }
+    return h;
+}
+
+static void mig_stats(void)
+{
+    stat_set32(ST_MIG_STATE, mig_state);
+    stat_set64(ST_MIG_SUM, mig_extra_sum());
+}
+
+static void mig_put(unsigned kind, uint64_t offset, const uint8_t *data,
+                    uint32_t len)
+{
+    uint8_t *rec;
+
+    mig_grow(&mig_out, &mig_out_cap, mig_out_len + MIG_REC_SIZE + len);
+    rec = mig_out + mig_out_len;
+    wr32(rec, kind);
+    wr32(rec + 4, len);
+    wr64(rec + 8, offset);
+    if (len) {
+        memcpy(rec + MIG_REC_SIZE, data, len);
+    }
+    mig_out_len += MIG_REC_SIZE + len;
+}
+
+static void mig_out_reset(void)
+{
+    mig_out_len = mig_out_pos = mig_rec_end = 0;
+}
+
+/* The next chunk of the extra buffer, as one record */
+static bool mig_put_chunk(void)
+{
+    uint32_t len;
+
+    if (mig_cursor >= mig_extra_size) {
+        return false;
+    }
+    len = mig_extra_size - mig_cursor < MIG_CHUNK ?
+          mig_extra_size - mig_cursor : MIG_CHUNK;
+    mig_put(MIG_REC_EXTRA, mig_cursor, mig_extra + mig_cursor, len);
+    mig_cursor += len;
+    return true;
+}
+
+/* Into STOP_COPY: the rest of the state, registers last */
+static void mig_put_final(void)
+{
+    while (mig_put_chunk()) {
+        continue;
+    }
+    mig_put(MIG_REC_BAR0, 0, bar0, STATS_BASE);
+    mig_put(MIG_REC_BAR1, 0, bar1, BAR1_SIZE);
+    mig_put(MIG_REC_BAR2, 0, bar2, BAR2_SIZE);
+    mig_put(MIG_REC_CONFIG, 0, config, cfg_size);
+    if (mig_fault != MIG_FAULT_TRUNCATE) {
+        mig_put(MIG_REC_END, 0, NULL, 0);
+    }
+    mig_rec_end = mig_out_len;
+}
+
+/* Out of RESUMING: check the whole stream, then apply it */
+static int mig_apply(bool apply)
+{
+    size_t pos = 0;
+
+    while (pos + MIG_REC_SIZE <= mig_in_len) {
+        const uint8_t *rec = mig_in + pos;
+        uint32_t kind = rd32(rec), len = rd32(rec + 4);
+        uint64_t offset = rd64(rec + 8), size;
+        uint8_t *mem;
+
+        if (len > mig_in_len - pos - MIG_REC_SIZE) {
+            break;
+        }
+        switch (kind) {
+        case MIG_REC_EXTRA:
+            mem = mig_extra;
+            size = mig_extra_size;
+            break;
+        case MIG_REC_BAR0:
+            mem = bar0;
+            size = STATS_BASE;
+            break;
+        case MIG_REC_BAR1:
+            mem = bar1;
+            size = BAR1_SIZE;
+            break;
+        case MIG_REC_BAR2:
+            mem = bar2;
+            size = BAR2_SIZE;
+            break;
+        case MIG_REC_CONFIG:
+            mem = config;
+            size = cfg_size;
+            break;
+        case MIG_REC_END:
+            return pos + MIG_REC_SIZE == mig_in_len ? 0 : -EINVAL;
+        default:
+            log_event("migration: record kind %u", kind);
+            return -EINVAL;
+        }
+        if (len > size || offset > size - len) {
+            log_event("migration: record %u out of bounds", kind);
+            return -EINVAL;
+        }
+        if (apply) {
+            memcpy(mem + offset, rec + MIG_REC_SIZE, len);
+        }
+        pos += MIG_REC_SIZE + len;
+    }
+    log_event("migration: stream of %zu bytes ends without END",
+              mig_in_len);
+    return -EINVAL;
+}
+
+/* One arc of the FSM (the specification's direct transitions) */
+static int mig_arc(enum mig_state from, enum mig_state to)
+{
+    int ret;
+
+    switch (from * MIG_NR_STATES + to) {
+    case MIG_RUNNING * MIG_NR_STATES + MIG_STOP:
+    case MIG_STOP * MIG_NR_STATES + MIG_RUNNING:
+        return 0;
+    case MIG_STOP_COPY * MIG_NR_STATES + MIG_STOP:
+    case MIG_PRE_COPY * MIG_NR_STATES + MIG_RUNNING:
+        mig_out_reset();
+        return 0;
+    case MIG_RUNNING * MIG_NR_STATES + MIG_PRE_COPY:
+        mig_out_reset();
+        mig_cursor = 0;
+        return 0;
+    case MIG_STOP * MIG_NR_STATES + MIG_STOP_COPY:
+        mig_out_reset();
+        mig_cursor = 0;
+        /* fall through */
+    case MIG_PRE_COPY * MIG_NR_STATES + MIG_STOP_COPY:
+        if (mig_fault == MIG_FAULT_REFUSE_STOP_COPY) {
+            return -EINVAL;
+        }
+        if (mig_fault == MIG_FAULT_HANG_STOP_COPY) {
+            log_event("migration: hanging");
+            mode = MODE_MUTE;
+        }
+        mig_put_final();
+        return 0;
+    case MIG_STOP * MIG_NR_STATES + MIG_RESUMING:
+        if (mig_fault == MIG_FAULT_REFUSE_RESUMING) {
+            return -EINVAL;
+        }
+        mig_in_len = 0;
+        return 0;
+    case MIG_RESUMING * MIG_NR_STATES + MIG_STOP:
+        ret = mig_apply(false);
+        if (ret == 0) {
+            mig_apply(true);
+            config_rom_fixup();
+            stat_add32(ST_MIG_LOADS, 1);
+        }
+        mig_in_len = 0;
+        return ret;
+    default:
+        return -EINVAL;
+    }
+}
+
+static bool mig_state_valid(uint32_t s)
+{
+    return s == MIG_STOP || s == MIG_RUNNING || s == MIG_STOP_COPY ||
+           s == MIG_RESUMING ||
+           (s == MIG_PRE_COPY && (mig_flags & MIG_FLAG_PRE_COPY));
+}
+
+static bool mig_saving(enum mig_state s)
+{
+    return s == MIG_STOP_COPY || s == MIG_PRE_COPY;
+}
+
+/*
+ * Move to @to by the shortest path of direct arcs whose interior states
+ * are not saving ones (a breadth-first search over the few states).
+ */
+static int mig_set_state(uint32_t to)
+{
+    static const enum mig_state all[] = {
+        MIG_STOP, MIG_RUNNING, MIG_STOP_COPY, MIG_RESUMING, MIG_PRE_COPY,
+    };
+    int prev[MIG_NR_STATES], queue[MIG_NR_STATES], path[MIG_NR_STATES];
+    unsigned head = 0, tail = 0, n = 0, i;
+    int s, ret;
+
+    if (!mig_state_valid(to) || mig_state == MIG_ERROR) {
+        return -EINVAL;
+    }
+    for (i = 0; i < MIG_NR_STATES; i++) {
+        prev[i] = -1;
+    }
+    prev[mig_state] = mig_state;
+    queue[tail++] = mig_state;
+    while (head < tail && prev[to] < 0) {
+        s = queue[head++];
+        if (s != (int)mig_state && mig_saving(s)) {
+            continue;
+        }
+        for (i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+            enum mig_state t = all[i];
+            bool arc;
+
+            switch (s * MIG_NR_STATES + t) {
+            case MIG_RUNNING * MIG_NR_STATES + MIG_STOP:
+            case MIG_STOP_COPY * MIG_NR_STATES + MIG_STOP:
+            case MIG_RESUMING * MIG_NR_STATES + MIG_STOP:
+            case MIG_PRE_COPY * MIG_NR_STATES + MIG_RUNNING:
+            case MIG_STOP * MIG_NR_STATES + MIG_RUNNING:
+            case MIG_RUNNING * MIG_NR_STATES + MIG_PRE_COPY:
+            case MIG_STOP * MIG_NR_STATES + MIG_STOP_COPY:
+            case MIG_PRE_COPY * MIG_NR_STATES + MIG_STOP_COPY:
+            case MIG_STOP * MIG_NR_STATES + MIG_RESUMING:
+                arc = mig_state_valid(t);
+                break;
+            default:
+                arc = false;
+            }
+            if (arc && prev[t] < 0) {
+                prev[t] = s;
+                queue[tail++] = t;
+            }
+        }
+    }
+    if (prev[to] < 0) {
+        return -EINVAL;
+    }
+    for (s = to; s != (int)mig_state; s = prev[s]) {
+        path[n++] = s;
+    }
+    while (n--) {
+        ret = mig_arc(mig_state, path[n]);
+        log_event("migration: %u -> %u%s", mig_state, path[n],
+                  ret ? " refused" : "");
+        if (ret) {
+            mig_stats();
+            return ret;
+        }
+        mig_state = path[n];
+    }
+    mig_stats();
+    return 0;
+}
+
+static int handle_device_feature(struct exchange *x)
+{
+    uint32_t flags = rd32(x->req + 4);
+    uint32_t feature = flags & FEATURE_MASK;
+
+    if (!mig_flags ||
+        (feature != FEATURE_MIGRATION && feature != FEATURE_MIG_DEVICE_STATE)) {
+        return -ENOTTY;
+    }
+    memcpy(x->rep, x->req, 8);
+    x->rep_len = 8;
+    if (flags & FEATURE_PROBE) {
+        return 0;
+    }
+    if (feature == FEATURE_MIGRATION) {
+        if (!(flags & FEATURE_GET)) {
+            return -EINVAL;
+        }
+        wr64(x->rep + 8, mig_flags);
+        x->rep_len += 8;
+        wr32(x->rep, x->rep_len);
+        return 0;
+    }
+    if (flags & FEATURE_SET) {
+        int ret;
+
+        if (x->req_len < 16) {
+            return -EINVAL;
+        }
+        ret = mig_set_state(rd32(x->req + 8));
+        if (ret) {
+            return ret;
+        }
+    }
+    wr32(x->rep + 8, mig_state);
+    wr32(x->rep + 12, (uint32_t)-1);
+    x->rep_len += 8;
+    wr32(x->rep, x->rep_len);
+    return 0;
+}
+
+static int handle_mig_data_read(struct exchange *x)
+{
+    uint32_t size = rd32(x->req + 4);
+    size_t avail;
+
+    if (!mig_saving(mig_state) || size > MAX_XFER) {
+        return -EINVAL;
+    }
+    if (mig_state == MIG_PRE_COPY && mig_out_pos == mig_out_len) {
+        mig_out_reset();
+        if (mig_put_chunk()) {
+            mig_rec_end = mig_out_len;
+            stat_add64(ST_MIG_PRECOPY, 1);
+        }
+    }
+    /* In PRE_COPY, a read ends with the chunk: one chunk per iteration */
+    avail = mig_rec_end - mig_out_pos;
+    if (size > avail) {
+        size = avail;
+    }
+    memcpy(x->rep + 8, mig_out + mig_out_pos, size);
+    mig_out_pos += size;
+    x->rep_len = 8 + size;
+    wr32(x->rep, x->rep_len);
+    wr32(x->rep + 4, size);
+    if (mig_fault == MIG_FAULT_EXCESS && size) {
+        wr32(x->rep + 4, size + 4096);
+    }
+    return 0;
+}
+
+static int handle_mig_data_write(struct exchange *x)
+{
+    uint32_t size = rd32(x->req + 4);
+
+    if (mig_state != MIG_RESUMING || size > x->req_len - 8 ||
+        mig_in_len + size > mig_extra_size * 2 + 2 * MAX_XFER) {
+        return -EINVAL;
+    }
+    mig_grow(&mig_in, &mig_in_cap, mig_in_len + size);
+    memcpy(mig_in + mig_in_len, x->req + 8, size);
+    mig_in_len += size;
+    x->rep_len = 0;
+    return 0;
+}
+
+/* The extra state's first contents: zeros, or bytes that --mig-seed makes */
+static void mig_init(uint64_t extra_kib, uint64_t seed)
+{
+    uint64_t v = seed;
+    size_t i;
+
+    mig_extra_size = extra_kib * 1024;
+    mig_extra = calloc(1, mig_extra_size ? mig_extra_size : 1);
+    if (!mig_extra) {
+        perror("vfio-user-raw-server: migration state");
+        exit(EXIT_FAILURE);
+    }
+    for (i = 0; seed && i < mig_extra_size; i++) {
+        v = v * 6364136223846793005ull + 1442695040888963407ull;
+        mig_extra[i] = v >> 56;
+    }
+}
+
+static void mig_conn_start(void)
+{
+    mig_state = MIG_RUNNING;
+    mig_cursor = 0;
+    mig_out_reset();
+    mig_in_len = 0;
+    mig_stats();
+}
+
 static int handle_device_reset(struct exchange *x)
 {
     stat_add64(ST_RESETS, 1);
     log_event("reset");
+    mig_conn_start();
     x->rep_len = 0;
     return 0;
 }
@@ -1423,6 +1905,9 @@ static const struct command {
     { VU_REGION_READ, "REGION_READ", 16, handle_region_rw },
     { VU_REGION_WRITE, "REGION_WRITE", 16, handle_region_rw },
     { VU_DEVICE_RESET, "DEVICE_RESET", 0, handle_device_reset },
+    { VU_DEVICE_FEATURE, "DEVICE_FEATURE", 8, handle_device_feature },
+    { VU_MIG_DATA_READ, "MIG_DATA_READ", 8, handle_mig_data_read },
+    { VU_MIG_DATA_WRITE, "MIG_DATA_WRITE", 8, handle_mig_data_write },
 };
 
 static const struct command *find_command(uint16_t command)
@@ -1737,6 +2222,7 @@ static void conn_start(int sock)
         conn.socks[i].fd = -1;
     }
     memset(bar0 + STATS_BASE, 0, STATS_END - STATS_BASE);
+    mig_conn_start();
     nr_held_replies = 0;
     mode = MODE_SERVE;
     realized = false;
@@ -2704,9 +3190,15 @@ int main(int argc, char **argv)
         { "misbehave", required_argument, NULL, 'm' },
         { "delay-ms", required_argument, NULL, 'd' },
         { "log", required_argument, NULL, 'l' },
+        { "migration", required_argument, NULL, 'M' },
+        { "mig-fault", required_argument, NULL, 'F' },
+        { "mig-extra-kib", required_argument, NULL, 'x' },
+        { "mig-seed", required_argument, NULL, 'S' },
         { NULL, 0, NULL, 0 },
     };
+    uint64_t mig_extra_kib = 0, mig_seed = 0;
     int opt, listen_fd;
+    unsigned i;
 
     while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (opt) {
@@ -2754,10 +3246,38 @@ int main(int argc, char **argv)
                             strerror(errno));
             }
             break;
+        case 'M':
+            if (!strcmp(optarg, "stop-copy")) {
+                mig_flags = MIG_FLAG_STOP_COPY;
+            } else if (!strcmp(optarg, "pre-copy")) {
+                mig_flags = MIG_FLAG_STOP_COPY | MIG_FLAG_PRE_COPY;
+            } else {
+                usage_error("--migration is stop-copy or pre-copy");
+            }
+            break;
+        case 'F':
+            for (i = 0; i < sizeof(mig_fault_names) / sizeof(char *); i++) {
+                if (!strcmp(optarg, mig_fault_names[i])) {
+                    break;
+                }
+            }
+            if (i == sizeof(mig_fault_names) / sizeof(char *)) {
+                usage_error("no --mig-fault '%s'", optarg);
+            }
+            mig_fault = i;
+            break;
+        case 'x':
+            mig_extra_kib = parse_number("--mig-extra-kib", optarg,
+                                         MIG_MAX_EXTRA_KIB);
+            break;
+        case 'S':
+            mig_seed = parse_number("--mig-seed", optarg, UINT64_MAX);
+            break;
         default:
             usage_error("unknown option");
         }
     }
+    mig_init(mig_extra_kib, mig_seed);
     if (optind != argc - 1) {
         usage_error("one SOCKET_PATH, please");
     }
