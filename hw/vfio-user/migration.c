@@ -150,6 +150,13 @@ static int vfio_user_feature_mig_state(VFIODevice *vbasedev,
     }
     /* Migration data travels on the socket: never an fd the server names */
     state->data_fd = -1;
+    if (feature->flags & VFIO_DEVICE_FEATURE_SET) {
+        VFIOUserDevice *udev = vbasedev->io_opaque;
+
+        udev->precopy = state->device_state == VFIO_DEVICE_STATE_PRE_COPY;
+        udev->precopy_initial_sent = false;
+        udev->precopy_more = true;
+    }
     trace_vfio_user_mig_state(vbasedev->name, state->device_state);
     return 0;
 }
@@ -251,6 +258,31 @@ static int vfio_user_feature_logging_report(VFIODevice *vbasedev,
     return 0;
 }
 
+/* What hw/vfio reads at a time: the unit of the estimates below */
+static uint64_t vfio_user_mig_guess(VFIODevice *vbasedev)
+{
+    return MIN(VFIO_USER_MIG_SIZE_GUESS,
+               vfio_user_mig_proxy(vbasedev)->max_xfer_size);
+}
+
+/*
+ * vfio-user has no message for how much PRE_COPY data the server holds:
+ * estimate it from its reads, for hw/vfio decides from it whether the
+ * device needs more iterations before the VM stops.  Until a read comes
+ * back short, the server has not sent its initial data; after that, a
+ * read that brought data may have more behind it.
+ */
+static void vfio_user_precopy_estimate(VFIODevice *vbasedev,
+                                       uint64_t *initial, uint64_t *dirty)
+{
+    VFIOUserDevice *udev = vbasedev->io_opaque;
+    uint64_t guess = vfio_user_mig_guess(vbasedev);
+
+    *initial = udev->precopy && !udev->precopy_initial_sent ? guess : 0;
+    *dirty = udev->precopy && udev->precopy_initial_sent &&
+             udev->precopy_more ? guess : 0;
+}
+
 /*
  * vfio-user has no message for the size of the device's remaining state.
  * Without one, hw/vfio assumes 100 GiB, and a migration with a downtime
@@ -263,13 +295,15 @@ static int vfio_user_feature_mig_data_size(VFIODevice *vbasedev,
                                            struct vfio_device_feature *feature)
 {
     struct vfio_device_feature_mig_data_size *size = (void *)feature->data;
+    uint64_t initial, dirty;
 
     if (!(feature->flags & VFIO_DEVICE_FEATURE_GET) ||
         feature->argsz < sizeof(*feature) + sizeof(*size)) {
         return -EINVAL;
     }
-    size->stop_copy_length = MIN(VFIO_USER_MIG_SIZE_GUESS,
-                                 vfio_user_mig_proxy(vbasedev)->max_xfer_size);
+    /* Like the kernel's, it counts what PRE_COPY has still to send */
+    vfio_user_precopy_estimate(vbasedev, &initial, &dirty);
+    size->stop_copy_length = vfio_user_mig_guess(vbasedev) + initial + dirty;
     return 0;
 }
 
@@ -320,6 +354,7 @@ int vfio_user_device_feature(VFIODevice *vbasedev,
  */
 ssize_t vfio_user_mig_data_read(VFIODevice *vbasedev, void *buf, size_t size)
 {
+    VFIOUserDevice *udev = vbasedev->io_opaque;
     VFIOUserProxy *proxy = vfio_user_mig_proxy(vbasedev);
     size_t done = 0;
 
@@ -361,6 +396,8 @@ ssize_t vfio_user_mig_data_read(VFIODevice *vbasedev, void *buf, size_t size)
             break;
         }
     }
+    udev->precopy_initial_sent |= done < size;
+    udev->precopy_more = done > 0;
     trace_vfio_user_mig_data(vbasedev->name, "read", done);
     return done;
 }
@@ -395,9 +432,17 @@ ssize_t vfio_user_mig_data_write(VFIODevice *vbasedev, const void *buf,
     return done;
 }
 
-/* vfio-user has no message for it: no estimate, the data still moves */
+/* See vfio_user_precopy_estimate() */
 int vfio_user_mig_precopy_info(VFIODevice *vbasedev,
                                struct vfio_precopy_info *info)
 {
-    return -ENOTTY;
+    uint64_t initial, dirty;
+
+    if (!vfio_user_connected(vfio_user_mig_proxy(vbasedev))) {
+        return -ENOTCONN;
+    }
+    vfio_user_precopy_estimate(vbasedev, &initial, &dirty);
+    info->initial_bytes = initial;
+    info->dirty_bytes = dirty;
+    return 0;
 }

@@ -37,6 +37,10 @@ typedef struct VFIOUserDevice {
     Notifier lost;          /* of the connection */
     Error *last_error;      /* why the last operation failed, if it did */
     QEMUBH *lost_bh;
+    /* PRE_COPY: what the server's reads said, for hw/vfio's estimates */
+    bool precopy;               /* the device is in PRE_COPY */
+    bool precopy_initial_sent;  /* a read came back short */
+    bool precopy_more;          /* the last read brought data */
 } VFIOUserDevice;
 
 extern const VFIODeviceIOOps vfio_user_device_io_ops;
