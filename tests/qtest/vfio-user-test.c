@@ -1526,9 +1526,12 @@ static TestServer *raw_server_start(const char *log, const char *const *args)
                              false, (const char *const *)argv->pdata);
 }
 
-/* The raw server with @args, and a QEMU whose device has @extra */
-static bool raw_dev_start(RawDev *r, const char *extra,
-                          const char *const *args)
+/*
+ * The raw server with @args, and a QEMU with more options @opts whose
+ * device has @extra; raw_dev_attach() finds the device.
+ */
+static bool raw_dev_launch(RawDev *r, const char *extra, const char *opts,
+                           const char *const *args)
 {
     g_autofree char *dir = g_dir_make_tmp("vfio-user-raw-XXXXXX", NULL);
 
@@ -1542,8 +1545,13 @@ static bool raw_dev_start(RawDev *r, const char *extra,
     }
     /* libqtest runs QEMU through sh: its stderr can go to a file */
     r->qts = qtest_initf("-M pc -nodefaults -device vfio-user-pci,socket=%s,"
-                         "addr=%d%s 2>%s", r->server->sock, TEST_SLOT, extra,
-                         r->qemu_err);
+                         "addr=%d%s %s 2>%s", r->server->sock, TEST_SLOT,
+                         extra, opts, r->qemu_err);
+    return true;
+}
+
+static void raw_dev_attach(RawDev *r)
+{
     r->bus = qpci_new_pc(r->qts, NULL);
     r->dev = find_device(r->bus);
     g_assert_cmphex(qpci_config_readw(r->dev, PCI_VENDOR_ID), ==,
@@ -1554,6 +1562,16 @@ static bool raw_dev_start(RawDev *r, const char *extra,
     r->bar1 = qpci_iomap(r->dev, 1, NULL);
     g_assert_false(r->bar0.is_io);
     g_assert_true(r->bar1.is_io);
+}
+
+/* The raw server with @args, and a QEMU whose device has @extra */
+static bool raw_dev_start(RawDev *r, const char *extra,
+                          const char *const *args)
+{
+    if (!raw_dev_launch(r, extra, "", args)) {
+        return false;
+    }
+    raw_dev_attach(r);
     return true;
 }
 
@@ -1563,7 +1581,9 @@ static void raw_dev_stop(RawDev *r)
 
     if (r->qts) {
         g_free(r->dev);
-        qpci_free_pc(r->bus);
+        if (r->bus) {
+            qpci_free_pc(r->bus);
+        }
         qtest_quit(r->qts);
     }
     server_stop(r->server);
@@ -2224,6 +2244,475 @@ static void test_raw_server_hang(void)
 #define ACPI_PCIHP_SEL      0x10
 
 /*
+ * Migration v2: the raw server with --migration saves its BARs, config
+ * space and --mig-extra-kib of state besides, and says in its statistics
+ * window what it loaded.
+ */
+#define RS_MIG_STATE        0xc40
+#define RS_MIG_LOADS        0xc44
+#define RS_MIG_SUM          0xc48
+#define RS_MIG_PRECOPY      0xc50
+#define RS_MIG_STOP         1
+#define RS_MIG_RUNNING      2
+
+/* hw/vfio dirties all of guest RAM for a device without dirty tracking */
+#define MIG_DEVICE_OPTS     ",id=rawdev,enable-migration=on"
+
+/* A source VM and a destination VM, each with a raw server of its own */
+typedef struct MigPair {
+    RawDev src;
+    RawDev dst;
+    char *path;         /* the migration stream's socket */
+    char *uri;
+} MigPair;
+
+static bool mig_pair_start(MigPair *m, const char *src_extra,
+                           const char *const *src_args,
+                           const char *const *dst_args)
+{
+    g_autofree char *dir = NULL;
+    g_autofree char *opts = NULL;
+
+    memset(m, 0, sizeof(*m));
+    if (!raw_dev_start(&m->src, src_extra, src_args)) {
+        return false;
+    }
+    dir = g_path_get_dirname(m->src.log);
+    m->path = g_build_filename(dir, "migration", NULL);
+    m->uri = g_strdup_printf("unix:%s", m->path);
+    opts = g_strdup_printf("-incoming %s", m->uri);
+    g_assert_true(raw_dev_launch(&m->dst, MIG_DEVICE_OPTS, opts, dst_args));
+    return true;
+}
+
+static void mig_pair_stop(MigPair *m)
+{
+    if (m->path) {
+        unlink(m->path);
+    }
+    raw_dev_stop(&m->dst);
+    raw_dev_stop(&m->src);
+    g_free(m->path);
+    g_free(m->uri);
+}
+
+static char *qmp_status(QTestState *qts)
+{
+    QDict *rsp = qtest_qmp(qts, "{'execute': 'query-status'}");
+    char *status = g_strdup(qdict_get_str(qdict_get_qdict(rsp, "return"),
+                                          "status"));
+
+    qobject_unref(rsp);
+    return status;
+}
+
+/*
+ * Migrate @m's source VM to its destination: the migration's final
+ * status on the source, and in @desc its error, if any.
+ */
+static char *mig_run(MigPair *m, char **desc)
+{
+    int i;
+
+    qtest_qmp_assert_success(m->src.qts, "{'execute': 'migrate', "
+                             "'arguments': {'uri': %s}}", m->uri);
+    for (i = 0; i < 3 * WAIT_MS / 10; i++) {
+        QDict *rsp = qtest_qmp(m->src.qts, "{'execute': 'query-migrate'}");
+        QDict *ret = qdict_get_qdict(rsp, "return");
+        const char *status = qdict_get_try_str(ret, "status");
+        char *done = NULL;
+
+        if (status && (!strcmp(status, "completed") ||
+                       !strcmp(status, "failed") ||
+                       !strcmp(status, "cancelled"))) {
+            done = g_strdup(status);
+            *desc = g_strdup(qdict_get_try_str(ret, "error-desc"));
+        }
+        qobject_unref(rsp);
+        if (done) {
+            if (g_test_verbose()) {
+                g_test_message("migration %s: %s", done, *desc ?: "");
+            }
+            return done;
+        }
+        g_usleep(10 * 1000);
+    }
+    g_assert_not_reached();
+}
+
+/* @r's QEMU leaves on its own, with status 1 */
+static void mig_expect_exit(RawDev *r, const char *expect)
+{
+    int i;
+
+    for (i = 0; i < WAIT_MS / 10 && qtest_probe_child(r->qts); i++) {
+        g_usleep(10 * 1000);
+    }
+    g_assert_false(qtest_probe_child(r->qts));
+    qtest_set_expected_status(r->qts, 1);
+    raw_expect_stderr(r, expect);
+}
+
+static void mig_wait_running(RawDev *r)
+{
+    int i;
+
+    for (i = 0; i < WAIT_MS / 10; i++) {
+        g_autofree char *status = qmp_status(r->qts);
+
+        if (!strcmp(status, "running")) {
+            return;
+        }
+        g_usleep(10 * 1000);
+    }
+    g_assert_not_reached();
+}
+
+/* Registers in every region and config space, for mig_check_state() */
+static void mig_set_state(RawDev *r)
+{
+    QPCIBar bar2 = qpci_iomap(r->dev, 2, NULL);
+
+    qpci_io_writeq(r->dev, r->bar0, 0x100, 0x1122334455667788ULL);
+    qpci_io_writel(r->dev, r->bar1, 0x10, 0xa5a55a5a);
+    qpci_io_writel(r->dev, bar2, 0x20, 0xc0ffee);       /* by message */
+    qpci_io_writel(r->dev, bar2, 0x1040, 0xfeedface);   /* mapped */
+    qpci_config_writel(r->dev, 0x40, 0x87654321);
+}
+
+static void mig_check_state(RawDev *r)
+{
+    QPCIBar bar2 = qpci_iomap(r->dev, 2, NULL);
+
+    g_assert_cmphex(qpci_io_readq(r->dev, r->bar0, 0x100), ==,
+                    0x1122334455667788ULL);
+    g_assert_cmphex(qpci_io_readl(r->dev, r->bar1, 0x10), ==, 0xa5a55a5a);
+    g_assert_cmphex(qpci_io_readl(r->dev, bar2, 0x20), ==, 0xc0ffee);
+    g_assert_cmphex(qpci_io_readl(r->dev, bar2, 0x1040), ==, 0xfeedface);
+    g_assert_cmphex(qpci_config_readl(r->dev, 0x40), ==, 0x87654321);
+}
+
+static uint32_t mig_state(RawDev *r)
+{
+    return qpci_io_readl(r->dev, r->bar0, RS_MIG_STATE);
+}
+
+/* After a failed migration, the source VM runs, and so does its device */
+static void mig_check_source_back(MigPair *m)
+{
+    g_autofree char *status = qmp_status(m->src.qts);
+
+    g_assert_cmpstr(status, ==, "running");
+    g_assert_cmpuint(mig_state(&m->src), ==, RS_MIG_RUNNING);
+    mig_check_state(&m->src);
+    qpci_io_writel(m->src.dev, m->src.bar0, 0x104, 0x5a5a);
+    g_assert_cmphex(qpci_io_readl(m->src.dev, m->src.bar0, 0x104), ==,
+                    0x5a5a);
+}
+
+/*
+ * A migration with @mode's states: what the source's device had, the
+ * destination's has; the source's device stops, the destination's runs.
+ */
+static void check_migration(const char *mode)
+{
+    const char *const src_args[] = {
+        "--migration", mode, "--mig-extra-kib", "256", "--mig-seed", "7",
+        NULL
+    };
+    const char *const dst_args[] = {
+        "--migration", mode, "--mig-extra-kib", "256", NULL
+    };
+    g_autofree char *status = NULL;
+    g_autofree char *desc = NULL;
+    g_autofree char *src_status = NULL;
+    uint64_t sum;
+    MigPair m;
+
+    if (!mig_pair_start(&m, MIG_DEVICE_OPTS, src_args, dst_args)) {
+        return;
+    }
+    mig_set_state(&m.src);
+    qpci_device_enable(m.src.dev);
+    sum = qpci_io_readq(m.src.dev, m.src.bar0, RS_MIG_SUM);
+    g_assert_cmpuint(mig_state(&m.src), ==, RS_MIG_RUNNING);
+    if (!strcmp(mode, "pre-copy")) {
+        /*
+         * Let the VM stop only once the device's PRE_COPY data is out:
+         * the client guesses 64 KiB for the state left in STOP_COPY, and
+         * as much again while the server's reads bring PRE_COPY data.
+         * 10 ms at 10 MiB/s lies in between.  QEMU sets that threshold
+         * 100 ms into the migration, and stops the VM before then if it
+         * estimates that nothing is left, as it may between two reads:
+         * a slow RAM copy gets past that.
+         */
+        qtest_qmp_assert_success(m.src.qts, "{'execute': "
+                                 "'migrate-set-parameters', 'arguments': "
+                                 "{'downtime-limit': 10, "
+                                 "'avail-switchover-bandwidth': %d, "
+                                 "'max-bandwidth': %d}}",
+                                 10 * 1024 * 1024, 1024 * 1024);
+    }
+
+    status = mig_run(&m, &desc);
+    g_assert_cmpstr(status, ==, "completed");
+    mig_wait_running(&m.dst);
+    raw_dev_attach(&m.dst);
+
+    g_assert_cmpuint(qpci_io_readl(m.dst.dev, m.dst.bar0, RS_MIG_LOADS), ==,
+                     1);
+    g_assert_cmphex(qpci_io_readq(m.dst.dev, m.dst.bar0, RS_MIG_SUM), ==,
+                    sum);
+    g_assert_cmpuint(mig_state(&m.dst), ==, RS_MIG_RUNNING);
+    mig_check_state(&m.dst);
+    g_assert_cmphex(qpci_config_readw(m.dst.dev, PCI_COMMAND) &
+                    (PCI_COMMAND_MEMORY | PCI_COMMAND_IO), ==,
+                    PCI_COMMAND_MEMORY | PCI_COMMAND_IO);
+
+    src_status = qmp_status(m.src.qts);
+    g_assert_cmpstr(src_status, ==, "postmigrate");
+    g_assert_cmpuint(mig_state(&m.src), ==, RS_MIG_STOP);
+    if (!strcmp(mode, "pre-copy")) {
+        /* 64 KiB of the extra state in each PRE_COPY iteration */
+        g_assert_cmpuint(qpci_io_readq(m.src.dev, m.src.bar0,
+                                       RS_MIG_PRECOPY), ==, 4);
+    } else {
+        g_assert_cmpuint(qpci_io_readq(m.src.dev, m.src.bar0,
+                                       RS_MIG_PRECOPY), ==, 0);
+    }
+    mig_pair_stop(&m);
+}
+
+static void test_migration_stop_copy(void)
+{
+    check_migration("stop-copy");
+}
+
+static void test_migration_pre_copy(void)
+{
+    check_migration("pre-copy");
+}
+
+/*
+ * A migration that fails because of the device: @fault on the source's
+ * server or, with @on_dst, the destination's.  The source VM and its
+ * device go on running.  @expect is in the error: on the source or, with
+ * @seen_on_dst, in the destination's stderr.
+ */
+typedef struct MigFault {
+    const char *fault;
+    bool on_dst;
+    bool seen_on_dst;
+    const char *expect;
+} MigFault;
+
+static void set_return_path(QTestState *qts)
+{
+    qtest_qmp_assert_success(qts, "{'execute': 'migrate-set-capabilities', "
+                             "'arguments': {'capabilities': [{'capability': "
+                             "'return-path', 'state': true}]}}");
+}
+
+static void test_migration_fault(const void *opaque)
+{
+    const MigFault *f = opaque;
+    const char *const faulty[] = {
+        "--migration", "stop-copy", "--mig-extra-kib", "64", "--mig-fault",
+        f->fault, NULL
+    };
+    const char *const good[] = {
+        "--migration", "stop-copy", "--mig-extra-kib", "64", NULL
+    };
+    g_autofree char *status = NULL;
+    g_autofree char *desc = NULL;
+    MigPair m;
+
+    if (!mig_pair_start(&m, MIG_DEVICE_OPTS, f->on_dst ? good : faulty,
+                        f->on_dst ? faulty : good)) {
+        return;
+    }
+    mig_set_state(&m.src);
+    /*
+     * Without a return path, the source cannot hear that the destination
+     * failed: it may have sent everything by then, and call it completed.
+     */
+    set_return_path(m.src.qts);
+    set_return_path(m.dst.qts);
+    status = mig_run(&m, &desc);
+    g_assert_cmpstr(status, ==, "failed");
+    if (f->seen_on_dst) {
+        mig_expect_exit(&m.dst, f->expect);
+    } else {
+        g_autofree char *err = raw_qemu_stderr(&m.src);
+
+        if (!strstr(desc ?: "", f->expect) && !strstr(err, f->expect)) {
+            g_error("neither '%s' nor stderr '%s' says '%s'", desc, err,
+                    f->expect);
+        }
+        mig_expect_exit(&m.dst, "load of migration failed");
+    }
+    mig_check_source_back(&m);
+    mig_pair_stop(&m);
+}
+
+static const MigFault mig_faults[] = {
+    { "refuse-stop-copy", false, false,
+      "Failed setting device state to STOP_COPY" },
+    { "excess", false, false, "MIG_DATA_READ reply of" },
+    { "refuse-resuming", true, true,
+      "Failed setting device state to RESUMING" },
+};
+
+/*
+ * A stream that the destination's server refuses only at its end, as it
+ * leaves RESUMING: by then the source has completed, and hw/vfio moves
+ * the device out of RESUMING only as the destination VM starts.  It says
+ * so, and resets the device, which the VM gets as after a reset.
+ */
+static void test_migration_truncated(void)
+{
+    const char *const src_args[] = {
+        "--migration", "stop-copy", "--mig-fault", "truncate", NULL
+    };
+    const char *const dst_args[] = { "--migration", "stop-copy", NULL };
+    g_autofree char *status = NULL;
+    g_autofree char *desc = NULL;
+    MigPair m;
+
+    if (!mig_pair_start(&m, MIG_DEVICE_OPTS, src_args, dst_args)) {
+        return;
+    }
+    mig_set_state(&m.src);
+    status = mig_run(&m, &desc);
+    g_assert_cmpstr(status, ==, "completed");
+    mig_wait_running(&m.dst);
+    raw_dev_attach(&m.dst);
+    raw_expect_stderr(&m.dst, "Failed setting device state to RUNNING");
+    g_assert_cmpuint(qpci_io_readl(m.dst.dev, m.dst.bar0, RS_MIG_LOADS), ==,
+                     0);
+    g_assert_cmpuint(mig_state(&m.dst), ==, RS_MIG_RUNNING);
+    g_assert_cmphex(qpci_io_readq(m.dst.dev, m.dst.bar0, 0x100), !=,
+                    0x1122334455667788ULL);
+    mig_pair_stop(&m);
+}
+
+/*
+ * A server that stops answering in STOP_COPY is disconnected after
+ * x-request-timeout-ms: the migration fails, and the source VM runs on
+ * without its device.
+ */
+static void test_migration_hang(void)
+{
+    const char *const src_args[] = {
+        "--migration", "stop-copy", "--mig-fault", "hang-stop-copy", NULL
+    };
+    const char *const dst_args[] = { "--migration", "stop-copy", NULL };
+    g_autofree char *status = NULL;
+    g_autofree char *desc = NULL;
+    g_autofree char *src_status = NULL;
+    MigPair m;
+
+    if (!mig_pair_start(&m, ",id=rawdev,enable-migration=on,"
+                        "x-request-timeout-ms=300", src_args, dst_args)) {
+        return;
+    }
+    status = mig_run(&m, &desc);
+    g_assert_cmpstr(status, ==, "failed");
+    raw_expect_disconnected(&m.src, "within 300 ms");
+    src_status = qmp_status(m.src.qts);
+    g_assert_cmpstr(src_status, ==, "running");
+    g_assert_cmphex(qpci_io_readl(m.src.dev, m.src.bar0, 0x100), ==,
+                    0xffffffff);
+    mig_expect_exit(&m.dst, "load of migration failed");
+    mig_pair_stop(&m);
+}
+
+/* Whose migration is refused, and why */
+static void expect_migration_blocked(QTestState *qts, const char *expect)
+{
+    QDict *rsp = qtest_qmp(qts, "{'execute': 'migrate', 'arguments': "
+                           "{'uri': 'unix:/nonexistent/vfio-user-test'}}");
+    const char *desc;
+
+    g_assert_true(qdict_haskey(rsp, "error"));
+    desc = qdict_get_str(qdict_get_qdict(rsp, "error"), "desc");
+    if (!strstr(desc, expect)) {
+        g_error("migration refused with '%s', not '%s'", desc, expect);
+    }
+    qobject_unref(rsp);
+}
+
+/*
+ * A server without migration blocks it: the raw server without
+ * --migration, and libvfio-user's sample, which answers DEVICE_FEATURE
+ * with an error.  enable-migration=on then refuses the device.
+ */
+static void test_migration_unsupported(void)
+{
+    static const char expect[] =
+        "VFIO migration is not supported by the vfio-user server";
+    g_autofree char *devargs = NULL;
+    TestDev t = { .server = sample_start("gpio-pci-idio-16", true) };
+    TestServer *s;
+    RawDev r;
+
+    if (raw_dev_start(&r, "", NULL)) {
+        expect_migration_blocked(r.qts, expect);
+        raw_dev_stop(&r);
+        s = raw_server_start("/dev/null", NULL);
+        devargs = g_strdup_printf("vfio-user-pci,socket=%s,"
+                                  "enable-migration=on", s->sock);
+        expect_cmdline_failure(devargs, expect, NULL);
+        server_stop(s);
+    }
+    if (guest_start(&t, "pc", "")) {
+        expect_migration_blocked(t.qts, expect);
+        test_dev_stop(&t);
+    }
+}
+
+/*
+ * A server with migration but without dirty page tracking: hw/vfio
+ * blocks migration unless enable-migration=on says to dirty all of guest
+ * RAM instead.
+ */
+static void test_migration_no_dirty_tracking(void)
+{
+    const char *const args[] = { "--migration", "stop-copy", NULL };
+    RawDev r;
+
+    if (!raw_dev_start(&r, "", args)) {
+        return;
+    }
+    expect_migration_blocked(r.qts, "doesn't support device and IOMMU "
+                             "dirty tracking");
+    raw_dev_stop(&r);
+}
+
+/*
+ * QEMU moves the device to STOP as it exits: with the server gone, that
+ * fails, and must be said, not crash.
+ */
+static void test_migration_exit_server_gone(void)
+{
+    const char *const args[] = { "--migration", "stop-copy", NULL };
+    RawDev r;
+
+    if (!raw_dev_start(&r, ",id=rawdev,enable-migration=on", args)) {
+        return;
+    }
+    kill(r.server->pid, SIGKILL);
+    waitpid(r.server->pid, NULL, 0);
+    raw_expect_disconnected(&r, "the server closed the connection");
+    qtest_quit(r.qts);
+    r.qts = NULL;
+    raw_expect_stderr(&r, "Failed setting device state to STOP");
+    g_free(r.dev);
+    qpci_free_pc(r.bus);
+    raw_dev_stop(&r);
+}
+
+/*
  * FAILS_LATER: device_add works, then BAR0 reads all ones (or config
  * space does: the device failed before we got there)
  */
@@ -2819,6 +3308,28 @@ static const HostileCase hostile_cases[] = {
     { "mute-after-realize", FAILS_LATER, .check_end = hostile_check_mute },
 };
 
+static void add_migration_tests(void)
+{
+    size_t i;
+
+    qtest_add_func("/vfio-user/migration/stop-copy", test_migration_stop_copy);
+    qtest_add_func("/vfio-user/migration/pre-copy", test_migration_pre_copy);
+    for (i = 0; i < G_N_ELEMENTS(mig_faults); i++) {
+        g_autofree char *path = g_strdup_printf(
+            "/vfio-user/migration/fault/%s", mig_faults[i].fault);
+
+        qtest_add_data_func(path, &mig_faults[i], test_migration_fault);
+    }
+    qtest_add_func("/vfio-user/migration/truncated", test_migration_truncated);
+    qtest_add_func("/vfio-user/migration/server-hang", test_migration_hang);
+    qtest_add_func("/vfio-user/migration/unsupported",
+                   test_migration_unsupported);
+    qtest_add_func("/vfio-user/migration/no-dirty-tracking",
+                   test_migration_no_dirty_tracking);
+    qtest_add_func("/vfio-user/migration/exit-server-gone",
+                   test_migration_exit_server_gone);
+}
+
 static void add_hostile_tests(void)
 {
     size_t i;
@@ -2881,6 +3392,7 @@ int main(int argc, char **argv)
     qtest_add_func("/vfio-user/raw-server/failed-writes",
                    test_raw_failed_writes);
     add_hostile_tests();
+    add_migration_tests();
     qtest_add_func("/vfio-user/error/no-socket", test_error_no_socket);
     qtest_add_func("/vfio-user/error/missing-path", test_error_missing_path);
     qtest_add_func("/vfio-user/error/not-listening",
