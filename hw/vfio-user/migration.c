@@ -65,7 +65,9 @@ static int vfio_user_feature_exchange(VFIODevice *vbasedev, uint32_t flags,
     vfio_user_request_init(&msg->hdr, VFIO_USER_DEVICE_FEATURE, size);
     msg->argsz = VFIO_USER_FEATURE_PAYLOAD + MAX(len, reply_len);
     msg->flags = flags;
-    memcpy(msg->data, data, len);
+    if (len) {
+        memcpy(msg->data, data, len);
+    }
     ret = vfio_user_request(proxy, &msg->hdr, NULL, 0, reply, &err);
     if (ret < 0) {
         trace_vfio_user_feature_failed(vbasedev->name, flags,
@@ -207,9 +209,9 @@ static int vfio_user_feature_logging_start(VFIODevice *vbasedev,
 
 /*
  * DMA_LOGGING_REPORT: the bitmap comes in the reply.  hw/vfio asks for a
- * whole RAM section at once; one message carries at most
- * max_data_xfer_size bytes of bitmap, so a bigger range is asked for in
- * parts, each a whole number of bitmap words.
+ * whole RAM section at once; a reply carries at most max_data_xfer_size
+ * bytes, so a bigger range is asked for in parts, each a whole number of
+ * bitmap words.
  */
 static int vfio_user_feature_logging_report(VFIODevice *vbasedev,
                                             struct vfio_device_feature *feature)
@@ -219,7 +221,7 @@ static int vfio_user_feature_logging_report(VFIODevice *vbasedev,
     VFIOUserProxy *proxy = vfio_user_mig_proxy(vbasedev);
     uint64_t *bitmap = (void *)(uintptr_t)report->bitmap;
     uint64_t page_size = report->page_size;
-    uint64_t pages, done = 0, part_pages;
+    uint64_t pages, done = 0, part_pages, room;
 
     if (feature->argsz < sizeof(*feature) + sizeof(*report) ||
         !is_power_of_2(page_size) || !report->length ||
@@ -227,8 +229,11 @@ static int vfio_user_feature_logging_report(VFIODevice *vbasedev,
         return -EINVAL;
     }
     pages = report->length / page_size;
-    part_pages = MAX(ROUND_DOWN(proxy->max_xfer_size * BITS_PER_BYTE, 64),
-                     64);
+    /* The reply's payload, its headers and the bitmap, fits max_xfer_size */
+    room = proxy->max_xfer_size - MIN(proxy->max_xfer_size,
+                                      VFIO_USER_FEATURE_PAYLOAD +
+                                      sizeof(VFIOUserDMALoggingReport));
+    part_pages = MAX(ROUND_DOWN(room * BITS_PER_BYTE, 64), 64);
     while (done < pages) {
         uint64_t n = MIN(pages - done, part_pages);
         size_t words = DIV_ROUND_UP(n, 64);
