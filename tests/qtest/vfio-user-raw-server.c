@@ -42,6 +42,8 @@
  *   0xc44 u32 MIG_LOADS    migration streams applied (RESUMING -> STOP)
  *   0xc48 u64 MIG_SUM      FNV-1a hash of the extra migration state
  *   0xc50 u64 MIG_PRECOPY  PRE_COPY chunks handed out
+ *   0xc58 u64 DMA_FILLS    --dma-fill fills done
+ *   0xc60 u64 LOG_REPORTS  DMA_LOGGING_REPORTs answered
  *
  * What arrives on an io fd lands in the region, as a REGION_WRITE would:
  * an ioregionfd write at the entry's offset plus the command's (a read is
@@ -62,7 +64,7 @@
  *            [--hold-write-replies N] [--misbehave NAME] [--delay-ms N]
  *            [--log FILE] [--migration stop-copy|pre-copy]
  *            [--mig-fault NAME] [--mig-extra-kib N] [--mig-seed N]
- *            SOCKET_PATH
+ *            [--dma-logging] [--dma-fill KIB] SOCKET_PATH
  * Serves one client after another until killed.
  *   --iofd REGION,TYPE[,KEY=VALUE]...  an io fd entry of BAR REGION (0-2);
  *       TYPE ioeventfd (wire type 0), ioregionfd (1) or shadow (2).
@@ -112,6 +114,15 @@
  *       STOP_COPY).
  *   --mig-extra-kib N  N KiB of device state besides the registers;
  *       --mig-seed N fills it with bytes made from N (else zeros).
+ *   --dma-logging  with --migration, offer DMA logging (the DMA_LOGGING_*
+ *       device features): pages --dma-fill writes directly are reported
+ *       dirty, once each.
+ *   --dma-fill KIB  a write of 8 bytes to BAR0 at 0x7f8 fills KIB KiB
+ *       (1024 at most) of guest memory at 0x100000 with bytes made from
+ *       the value written (each the top byte of the next step of
+ *       v = v * 6364136223846793005 + 1442695040888963407, v starting at
+ *       the value): directly where the client's DMA_MAP came with an fd
+ *       (the server maps it), else with DMA_WRITE messages.
  * Bad options exit with status 2.
  *
  * Before each message from the client, the server reads every io fd: the
@@ -235,6 +246,8 @@
 #define ST_MIG_LOADS        0xc44
 #define ST_MIG_SUM          0xc48
 #define ST_MIG_PRECOPY      0xc50
+#define ST_DMA_FILLS        0xc58
+#define ST_LOG_REPORTS      0xc60
 
 /* GET_REGION_IO_FDS */
 #define MAX_ENTRIES         16
@@ -315,11 +328,24 @@ static bool realized;
 static unsigned delay_ms;
 static const struct misbehaviour *misbehaviour;
 
+/*
+ * --dma-fill KIB: a write to BAR0 at FILL_REG fills KIB KiB of guest
+ * memory at DMA_ADDR with bytes made from the value written, the way a
+ * device fills a buffer: directly where the client's DMA_MAP came with an
+ * fd (the pages are then logged as dirty, if the client asked for that),
+ * else with DMA_WRITE messages, which only the client can log.
+ */
+#define FILL_REG            0x7f8
+#define DMA_FILL_CHUNK      4096
+static uint64_t dma_fill_size;
+static void dma_fill(uint64_t seed);
+
 /* The guest memory the client mapped (DMA_MAP), for our DMA requests */
 #define MAX_DMA_MAPS        64
 #define DMA_ADDR            0x100000    /* where our DMA goes, if mapped */
 static struct {
     uint64_t iova, size;
+    uint8_t *mem;           /* mmap() of its fd, if it came with one */
 } dma_maps[MAX_DMA_MAPS];
 static unsigned nr_dma_maps;
 
@@ -990,17 +1016,39 @@ static int handle_version(struct exchange *x)
     return 0;
 }
 
+/* DMA_MAP flags */
+#define DMA_MAP_WRITE       (1u << 1)
+
 static int handle_dma_map(struct exchange *x)
 {
+    uint32_t flags = rd32(x->req + 4);
+    uint64_t offset = rd64(x->req + 8);
     uint64_t iova = rd64(x->req + 16), size = rd64(x->req + 24);
+    void *mem = MAP_FAILED;
 
     log_event("dma_map iova 0x%llx size 0x%llx fds %zu",
               (unsigned long long)iova, (unsigned long long)size, x->nfds);
-    if (nr_dma_maps < MAX_DMA_MAPS) {
-        dma_maps[nr_dma_maps].iova = iova;
-        dma_maps[nr_dma_maps++].size = size;
+    if (nr_dma_maps == MAX_DMA_MAPS) {
+        return 0;
     }
+    /* Only --dma-fill writes guest memory itself; no need to map it else */
+    if (dma_fill_size && x->nfds == 1 && (flags & DMA_MAP_WRITE) &&
+        size && size <= SIZE_MAX) {
+        mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, x->fds[0],
+                   offset);
+    }
+    dma_maps[nr_dma_maps].iova = iova;
+    dma_maps[nr_dma_maps].size = size;
+    dma_maps[nr_dma_maps++].mem = mem == MAP_FAILED ? NULL : mem;
     return 0;
+}
+
+static void dma_map_drop(unsigned i)
+{
+    if (dma_maps[i].mem) {
+        munmap(dma_maps[i].mem, dma_maps[i].size);
+    }
+    dma_maps[i] = dma_maps[--nr_dma_maps];
 }
 
 static int handle_dma_unmap(struct exchange *x)
@@ -1013,7 +1061,7 @@ static int handle_dma_unmap(struct exchange *x)
               (unsigned long long)rd64(x->req + 16));
     for (i = 0; i < nr_dma_maps; i++) {
         if (dma_maps[i].iova == iova) {
-            dma_maps[i] = dma_maps[--nr_dma_maps];
+            dma_map_drop(i);
             break;
         }
     }
@@ -1405,6 +1453,9 @@ static int handle_region_rw(struct exchange *x)
         return -EIO;
     }
     scratch_store(region, offset, x->req + 16, count);
+    if (dma_fill_size && region == 0 && offset == FILL_REG && count == 8) {
+        dma_fill(rd64(x->req + 16));
+    }
     stat_add64(ST_WRITES, 1);
     stat_set64(ST_WR_OFFSET, offset);
     stat_set64(ST_WR_VALUE, ld_le(x->req + 16, count < 8 ? count : 8));
@@ -1444,6 +1495,9 @@ static int handle_region_rw(struct exchange *x)
 #define FEATURE_PROBE           (1u << 18)
 #define FEATURE_MIGRATION       1
 #define FEATURE_MIG_DEVICE_STATE 2
+#define FEATURE_DMA_LOGGING_START 6
+#define FEATURE_DMA_LOGGING_STOP 7
+#define FEATURE_DMA_LOGGING_REPORT 8
 
 enum mig_state {
     MIG_ERROR = 0,
@@ -1758,19 +1812,169 @@ static int mig_set_state(uint32_t to)
     return 0;
 }
 
+/*
+ * DMA logging (--dma-logging): a bitmap per range the client asked for,
+ * a bit per page, set where --dma-fill wrote guest memory directly.
+ */
+#define MAX_LOG_RANGES      16
+#define MAX_LOG_BITMAP      (64 * 1024 * 1024)
+static bool dma_logging;
+static struct {
+    uint64_t iova, length;
+    uint64_t *bitmap;
+} log_ranges[MAX_LOG_RANGES];
+static unsigned nr_log_ranges;
+static uint64_t log_page_size;
+
+static void dma_logging_stop(void)
+{
+    while (nr_log_ranges) {
+        free(log_ranges[--nr_log_ranges].bitmap);
+    }
+}
+
+static void dma_log_dirty(uint64_t addr, uint64_t len)
+{
+    unsigned i;
+    uint64_t a;
+
+    for (i = 0; i < nr_log_ranges; i++) {
+        for (a = addr & ~(log_page_size - 1); a < addr + len;
+             a += log_page_size) {
+            if (a >= log_ranges[i].iova &&
+                a - log_ranges[i].iova < log_ranges[i].length) {
+                uint64_t page = (a - log_ranges[i].iova) / log_page_size;
+
+                log_ranges[i].bitmap[page / 64] |= 1ull << (page % 64);
+            }
+        }
+    }
+}
+
+/* START: page_size, num_ranges, reserved, then {iova, length} ranges */
+static int dma_logging_start(struct exchange *x)
+{
+    uint64_t page_size, total = 0;
+    uint32_t n, i;
+
+    if (x->req_len < 24) {
+        return -EINVAL;
+    }
+    page_size = rd64(x->req + 8);
+    n = rd32(x->req + 16);
+    if (nr_log_ranges) {
+        return -EBUSY;
+    }
+    if (!n || n > MAX_LOG_RANGES || x->req_len - 24 < n * 16ull ||
+        page_size < 4096 || (page_size & (page_size - 1))) {
+        return -EINVAL;
+    }
+    for (i = 0; i < n; i++) {
+        uint64_t length = rd64(x->req + 24 + i * 16 + 8);
+        uint64_t words = (length / page_size + 63) / 64;
+
+        total += words * 8;
+        if (!length || length % page_size || total > MAX_LOG_BITMAP) {
+            dma_logging_stop();
+            return -EINVAL;
+        }
+        log_ranges[i].iova = rd64(x->req + 24 + i * 16);
+        log_ranges[i].length = length;
+        log_ranges[i].bitmap = calloc(words, 8);
+        if (!log_ranges[i].bitmap) {
+            dma_logging_stop();
+            return -ENOMEM;
+        }
+        nr_log_ranges = i + 1;
+    }
+    log_page_size = page_size;
+    log_event("dma logging start ranges %u page size 0x%llx", n,
+              (unsigned long long)page_size);
+    memcpy(x->rep + 8, x->req + 8, 16);
+    x->rep_len = 24;
+    wr32(x->rep, x->rep_len);
+    return 0;
+}
+
+/* REPORT: iova, length, page_size; the reply adds the bitmap, cleared */
+static int dma_logging_report(struct exchange *x)
+{
+    uint64_t iova, length, page_size, first, pages, p;
+    uint32_t argsz = rd32(x->req);
+    unsigned i;
+
+    if (x->req_len < 32) {
+        return -EINVAL;
+    }
+    iova = rd64(x->req + 8);
+    length = rd64(x->req + 16);
+    page_size = rd64(x->req + 24);
+    for (i = 0; i < nr_log_ranges; i++) {
+        if (iova >= log_ranges[i].iova &&
+            iova - log_ranges[i].iova < log_ranges[i].length &&
+            length <= log_ranges[i].length - (iova - log_ranges[i].iova)) {
+            break;
+        }
+    }
+    if (i == nr_log_ranges || page_size != log_page_size || !length ||
+        length % page_size || (iova - log_ranges[i].iova) % page_size) {
+        return -EINVAL;
+    }
+    pages = length / page_size;
+    if ((pages + 63) / 64 * 8 > MAX_XFER - 32 ||
+        argsz < 32 + (pages + 63) / 64 * 8) {
+        return -EINVAL;
+    }
+    first = (iova - log_ranges[i].iova) / page_size;
+    memcpy(x->rep + 8, x->req + 8, 24);
+    memset(x->rep + 32, 0, (pages + 63) / 64 * 8);
+    for (p = 0; p < pages; p++) {
+        uint64_t *word = &log_ranges[i].bitmap[(first + p) / 64];
+        uint64_t bit = 1ull << ((first + p) % 64);
+
+        if (*word & bit) {
+            x->rep[32 + p / 8] |= 1 << (p % 8);
+            *word &= ~bit;
+        }
+    }
+    x->rep_len = 32 + (pages + 63) / 64 * 8;
+    wr32(x->rep, x->rep_len);
+    stat_add64(ST_LOG_REPORTS, 1);
+    return 0;
+}
+
 static int handle_device_feature(struct exchange *x)
 {
     uint32_t flags = rd32(x->req + 4);
     uint32_t feature = flags & FEATURE_MASK;
+    bool logging = feature == FEATURE_DMA_LOGGING_START ||
+                   feature == FEATURE_DMA_LOGGING_STOP ||
+                   feature == FEATURE_DMA_LOGGING_REPORT;
 
-    if (!mig_flags ||
-        (feature != FEATURE_MIGRATION && feature != FEATURE_MIG_DEVICE_STATE)) {
+    if (!mig_flags || (logging && !dma_logging) ||
+        (!logging && feature != FEATURE_MIGRATION &&
+         feature != FEATURE_MIG_DEVICE_STATE)) {
         return -ENOTTY;
     }
     memcpy(x->rep, x->req, 8);
     x->rep_len = 8;
     if (flags & FEATURE_PROBE) {
         return 0;
+    }
+    /* As in the kernel: SET starts and stops, GET reports */
+    if (logging && !(flags & (feature == FEATURE_DMA_LOGGING_REPORT ?
+                              FEATURE_GET : FEATURE_SET))) {
+        return -EINVAL;
+    }
+    switch (feature) {
+    case FEATURE_DMA_LOGGING_START:
+        return dma_logging_start(x);
+    case FEATURE_DMA_LOGGING_STOP:
+        log_event("dma logging stop");
+        dma_logging_stop();
+        return 0;
+    case FEATURE_DMA_LOGGING_REPORT:
+        return dma_logging_report(x);
     }
     if (feature == FEATURE_MIGRATION) {
         if (!(flags & FEATURE_GET)) {
@@ -1943,7 +2147,7 @@ static const char *command_name(uint16_t command)
 static bool send_request(uint16_t command, uint32_t flags, const void *payload,
                          size_t len, bool quiet)
 {
-    uint8_t msg[VU_HDR_SIZE + 64];
+    uint8_t msg[VU_HDR_SIZE + 16 + DMA_FILL_CHUNK];
     uint16_t id = next_request_id++;
 
     if (len > sizeof(msg) - VU_HDR_SIZE) {
@@ -2005,6 +2209,50 @@ static bool send_dma(uint16_t command, uint32_t flags, uint64_t addr,
         }
     }
     return send_request(command, flags, payload, len, quiet);
+}
+
+/* Where guest memory at @addr is mapped for @len bytes, if it is */
+static uint8_t *dma_mem(uint64_t addr, uint64_t len)
+{
+    unsigned i;
+
+    for (i = 0; i < nr_dma_maps; i++) {
+        if (dma_maps[i].mem && addr >= dma_maps[i].iova &&
+            len <= dma_maps[i].size &&
+            addr - dma_maps[i].iova <= dma_maps[i].size - len) {
+            return dma_maps[i].mem + (addr - dma_maps[i].iova);
+        }
+    }
+    return NULL;
+}
+
+static void dma_fill(uint64_t seed)
+{
+    uint8_t payload[16 + DMA_FILL_CHUNK];
+    uint64_t v = seed, done, n, i;
+
+    for (done = 0; done < dma_fill_size; done += n) {
+        uint64_t addr = DMA_ADDR + done;
+        uint8_t *mem;
+
+        n = dma_fill_size - done < DMA_FILL_CHUNK ?
+            dma_fill_size - done : DMA_FILL_CHUNK;
+        for (i = 0; i < n; i++) {
+            v = v * 6364136223846793005ull + 1442695040888963407ull;
+            payload[16 + i] = v >> 56;
+        }
+        mem = dma_mem(addr, n);
+        if (mem) {
+            memcpy(mem, payload + 16, n);
+            dma_log_dirty(addr, n);
+        } else {
+            wr64(payload, addr);
+            wr64(payload + 8, n);
+            send_request(VU_DMA_WRITE, 0, payload, 16 + n, true);
+        }
+    }
+    log_event("dma fill 0x%llx", (unsigned long long)seed);
+    stat_add64(ST_DMA_FILLS, 1);
 }
 
 /* The client's reply to a request of ours */
@@ -2226,7 +2474,10 @@ static void conn_start(int sock)
     nr_held_replies = 0;
     mode = MODE_SERVE;
     realized = false;
-    nr_dma_maps = 0;
+    while (nr_dma_maps) {
+        dma_map_drop(0);
+    }
+    dma_logging_stop();
     nr_pending = 0;
     flood_sent = 0;
     flood_answered = 0;
@@ -3194,6 +3445,8 @@ int main(int argc, char **argv)
         { "mig-fault", required_argument, NULL, 'F' },
         { "mig-extra-kib", required_argument, NULL, 'x' },
         { "mig-seed", required_argument, NULL, 'S' },
+        { "dma-logging", no_argument, NULL, 'L' },
+        { "dma-fill", required_argument, NULL, 'D' },
         { NULL, 0, NULL, 0 },
     };
     uint64_t mig_extra_kib = 0, mig_seed = 0;
@@ -3272,6 +3525,12 @@ int main(int argc, char **argv)
             break;
         case 'S':
             mig_seed = parse_number("--mig-seed", optarg, UINT64_MAX);
+            break;
+        case 'L':
+            dma_logging = true;
+            break;
+        case 'D':
+            dma_fill_size = parse_number("--dma-fill", optarg, 1024) * 1024;
             break;
         default:
             usage_error("unknown option");
