@@ -2266,23 +2266,34 @@ typedef struct MigPair {
     char *uri;
 } MigPair;
 
-static bool mig_pair_start(MigPair *m, const char *src_extra,
-                           const char *const *src_args,
-                           const char *const *dst_args)
+/* Both QEMUs get @qemu_opts, the source's device @src_extra */
+static bool mig_pair_start_opts(MigPair *m, const char *qemu_opts,
+                                const char *src_extra, const char *dst_extra,
+                                const char *const *src_args,
+                                const char *const *dst_args)
 {
     g_autofree char *dir = NULL;
     g_autofree char *opts = NULL;
 
     memset(m, 0, sizeof(*m));
-    if (!raw_dev_start(&m->src, src_extra, src_args)) {
+    if (!raw_dev_launch(&m->src, src_extra, qemu_opts, src_args)) {
         return false;
     }
+    raw_dev_attach(&m->src);
     dir = g_path_get_dirname(m->src.log);
     m->path = g_build_filename(dir, "migration", NULL);
     m->uri = g_strdup_printf("unix:%s", m->path);
-    opts = g_strdup_printf("-incoming %s", m->uri);
-    g_assert_true(raw_dev_launch(&m->dst, MIG_DEVICE_OPTS, opts, dst_args));
+    opts = g_strdup_printf("%s -incoming %s", qemu_opts, m->uri);
+    g_assert_true(raw_dev_launch(&m->dst, dst_extra, opts, dst_args));
     return true;
+}
+
+static bool mig_pair_start(MigPair *m, const char *src_extra,
+                           const char *const *src_args,
+                           const char *const *dst_args)
+{
+    return mig_pair_start_opts(m, "", src_extra, MIG_DEVICE_OPTS, src_args,
+                               dst_args);
 }
 
 static void mig_pair_stop(MigPair *m)
@@ -2307,15 +2318,13 @@ static char *qmp_status(QTestState *qts)
 }
 
 /*
- * Migrate @m's source VM to its destination: the migration's final
- * status on the source, and in @desc its error, if any.
+ * Wait for the migration of @m's source VM to end: its final status on
+ * the source, and in @desc its error, if any.
  */
-static char *mig_run(MigPair *m, char **desc)
+static char *mig_run_wait(MigPair *m, char **desc)
 {
     int i;
 
-    qtest_qmp_assert_success(m->src.qts, "{'execute': 'migrate', "
-                             "'arguments': {'uri': %s}}", m->uri);
     for (i = 0; i < 3 * WAIT_MS / 10; i++) {
         QDict *rsp = qtest_qmp(m->src.qts, "{'execute': 'query-migrate'}");
         QDict *ret = qdict_get_qdict(rsp, "return");
@@ -2338,6 +2347,13 @@ static char *mig_run(MigPair *m, char **desc)
         g_usleep(10 * 1000);
     }
     g_assert_not_reached();
+}
+
+static char *mig_run(MigPair *m, char **desc)
+{
+    qtest_qmp_assert_success(m->src.qts, "{'execute': 'migrate', "
+                             "'arguments': {'uri': %s}}", m->uri);
+    return mig_run_wait(m, desc);
 }
 
 /* @r's QEMU leaves on its own, with status 1 */
@@ -2562,6 +2578,152 @@ static const MigFault mig_faults[] = {
     { "refuse-resuming", true, true,
       "Failed setting device state to RESUMING" },
 };
+
+/* What the raw server's --dma-fill writes for @seed */
+#define RS_FILL_REG         0x7f8
+#define RS_FILL_ADDR        0x100000
+#define RS_DMA_FILLS        0xc58
+#define RS_LOG_REPORTS      0xc60
+#define MIG_FILL_KIB        64
+
+static uint8_t *fill_pattern(uint64_t seed)
+{
+    uint8_t *buf = g_malloc(MIG_FILL_KIB * 1024);
+    uint64_t v = seed;
+    size_t i;
+
+    for (i = 0; i < MIG_FILL_KIB * 1024; i++) {
+        v = v * 6364136223846793005ULL + 1442695040888963407ULL;
+        buf[i] = v >> 56;
+    }
+    return buf;
+}
+
+/*
+ * Have @r's server fill guest RAM; the read after the write returns once
+ * the client has served the DMA_WRITEs the server sent before its reply.
+ */
+static void raw_fill(RawDev *r, uint64_t seed, uint64_t fills)
+{
+    qpci_io_writeq(r->dev, r->bar0, RS_FILL_REG, seed);
+    g_assert_cmpuint(qpci_io_readq(r->dev, r->bar0, RS_DMA_FILLS), ==, fills);
+}
+
+static void check_fill(QTestState *qts, uint64_t seed)
+{
+    g_autofree uint8_t *expect = fill_pattern(seed);
+    g_autofree uint8_t *got = g_malloc(MIG_FILL_KIB * 1024);
+
+    qtest_memread(qts, RS_FILL_ADDR, got, MIG_FILL_KIB * 1024);
+    g_assert_true(memcmp(got, expect, MIG_FILL_KIB * 1024) == 0);
+}
+
+static int64_t mig_dirty_syncs(QTestState *qts)
+{
+    QDict *rsp = qtest_qmp(qts, "{'execute': 'query-migrate'}");
+    QDict *ram = qdict_get_qdict(qdict_get_qdict(rsp, "return"), "ram");
+    int64_t n = ram ? qdict_get_try_int(ram, "dirty-sync-count", 0) : 0;
+
+    qobject_unref(rsp);
+    return n;
+}
+
+/*
+ * The device writes guest RAM by DMA while the VM migrates, after QEMU
+ * sent those pages: they must be sent again.  With @shared memory, the
+ * server maps guest RAM and writes it itself, and only its DMA logging
+ * can tell QEMU; without, it writes with DMA_WRITE messages, which
+ * QEMU's own dirty log must catch, for the server does not log them.
+ * The server offers DMA logging either way, so hw/vfio does not just
+ * take all of guest RAM as dirty (as it would with enable-migration=on
+ * and no logging) and the default enable-migration=auto allows
+ * migration.
+ */
+static void test_migration_dma_dirty(const void *opaque)
+{
+    bool shared = GPOINTER_TO_INT(opaque);
+    g_autofree char *fill = g_strdup_printf("%d", MIG_FILL_KIB);
+    const char *const src_args[] = {
+        "--migration", "stop-copy", "--dma-logging", "--dma-fill", fill, NULL
+    };
+    const char *const dst_args[] = {
+        "--migration", "stop-copy", "--dma-logging", NULL
+    };
+    g_autofree char *status = NULL;
+    g_autofree char *desc = NULL;
+    MigPair m;
+    int i;
+
+    if (!mig_pair_start_opts(&m, shared ?
+                             "-object memory-backend-memfd,id=ram,size=128M "
+                             "-machine memory-backend=ram" : "",
+                             ",id=rawdev", ",id=rawdev", src_args,
+                             dst_args)) {
+        return;
+    }
+    qpci_device_enable(m.src.dev);
+    raw_fill(&m.src, 1, 1);
+    check_fill(m.src.qts, 1);
+
+    /*
+     * Keep the migration from converging (1 ms at 1 MiB/s is less than
+     * the 64 KiB the client guesses for the device's state) until the
+     * device has written again, after a pass over all of RAM.
+     */
+    qtest_qmp_assert_success(m.src.qts, "{'execute': "
+                             "'migrate-set-parameters', 'arguments': "
+                             "{'downtime-limit': 1, "
+                             "'avail-switchover-bandwidth': %d}}",
+                             1024 * 1024);
+    qtest_qmp_assert_success(m.src.qts, "{'execute': 'migrate', "
+                             "'arguments': {'uri': %s}}", m.uri);
+    for (i = 0; i < 3 * WAIT_MS / 10 && mig_dirty_syncs(m.src.qts) < 2;
+         i++) {
+        g_usleep(10 * 1000);
+    }
+    g_assert_cmpint(mig_dirty_syncs(m.src.qts), >=, 2);
+    raw_fill(&m.src, 2, 2);
+    qtest_qmp_assert_success(m.src.qts, "{'execute': "
+                             "'migrate-set-parameters', 'arguments': "
+                             "{'downtime-limit': 2000}}");
+    status = mig_run_wait(&m, &desc);
+    g_assert_cmpstr(status, ==, "completed");
+    mig_wait_running(&m.dst);
+    raw_dev_attach(&m.dst);
+
+    check_fill(m.src.qts, 2);
+    check_fill(m.dst.qts, 2);
+    g_assert_cmpuint(qpci_io_readq(m.src.dev, m.src.bar0, RS_LOG_REPORTS),
+                     >, 0);
+    mig_pair_stop(&m);
+}
+
+/*
+ * The destination's server died before the migration: the destination
+ * cannot resume the device, and the source VM goes on running.
+ */
+static void test_migration_no_dst_server(void)
+{
+    const char *const args[] = { "--migration", "stop-copy", NULL };
+    g_autofree char *status = NULL;
+    g_autofree char *desc = NULL;
+    MigPair m;
+
+    if (!mig_pair_start(&m, MIG_DEVICE_OPTS, args, args)) {
+        return;
+    }
+    mig_set_state(&m.src);
+    kill(m.dst.server->pid, SIGKILL);
+    waitpid(m.dst.server->pid, NULL, 0);
+    raw_expect_disconnected(&m.dst, "the server closed the connection");
+    set_return_path(m.src.qts);
+    set_return_path(m.dst.qts);
+    status = mig_run(&m, &desc);
+    g_assert_cmpstr(status, ==, "failed");
+    mig_expect_exit(&m.dst, "Failed setting device state to RESUMING");
+    mig_check_source_back(&m);
+    mig_pair_stop(&m);
+}
 
 /*
  * A stream that the destination's server refuses only at its end, as it
@@ -3320,7 +3482,13 @@ static void add_migration_tests(void)
 
         qtest_add_data_func(path, &mig_faults[i], test_migration_fault);
     }
+    qtest_add_data_func("/vfio-user/migration/dma-dirty/messages",
+                        GINT_TO_POINTER(false), test_migration_dma_dirty);
+    qtest_add_data_func("/vfio-user/migration/dma-dirty/shared-memory",
+                        GINT_TO_POINTER(true), test_migration_dma_dirty);
     qtest_add_func("/vfio-user/migration/truncated", test_migration_truncated);
+    qtest_add_func("/vfio-user/migration/no-dst-server",
+                   test_migration_no_dst_server);
     qtest_add_func("/vfio-user/migration/server-hang", test_migration_hang);
     qtest_add_func("/vfio-user/migration/unsupported",
                    test_migration_unsupported);
