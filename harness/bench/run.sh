@@ -21,6 +21,10 @@
 #    (harness/bench/unix-pingpong.c).  The server's stats tell which path
 #    each row's accesses took.
 # 3. MSI-X delivery, KVM irqfd against relayed by QEMU (KVM only).
+# 4. Live migration between two QEMUs: total time and downtime of a VM
+#    without the device (a) and with a raw test server's device (b) that
+#    has 1 or 16 MiB of state, with and without DMA logging, STOP_COPY
+#    or PRE_COPY (harness/bench/migrate.py).
 #
 # Prints the machine, then a table; writes OUT_DIR/bench.json.  A tool,
 # not a test: nothing is asserted on times; exits 0 unless nothing could
@@ -38,7 +42,8 @@
 #   BENCH_PINGPONG_N      AF_UNIX round trips per shape (20000)
 #   BENCH_TEST_SERVER     libvfio-user test server for the MSI-X rows
 #                         (default: vfio-user-test-server beside RAW_SERVER)
-#   BENCH_SECTIONS        which sections to run (default "1 2 3")
+#   BENCH_SECTIONS        which sections to run (default "1 2 3 4")
+#   BENCH_MIG_REPS        migrations per row of section 4 (3); the median
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
 set -uo pipefail
@@ -64,7 +69,8 @@ mmio_n=${BENCH_MMIO_N:-20000}
 mmio_budget=${BENCH_MMIO_BUDGET_MS:-1000}
 mmio_reps=${BENCH_MMIO_REPS:-3}
 pingpong_n=${BENCH_PINGPONG_N:-20000}
-sections=${BENCH_SECTIONS:-1 2 3}
+sections=${BENCH_SECTIONS:-1 2 3 4}
+mig_reps=${BENCH_MIG_REPS:-3}
 
 if [ ! -x "$qemu" ]; then
     echo "bench: no QEMU at $qemu (run make first)" >&2
@@ -886,6 +892,63 @@ msix_section() {
     fi
 }
 
+# 4. Live migration between two QEMUs on this machine
+migration_section() {
+    local sec="4. Live migration, TCG, -M pc 128 MiB, raw server (harness/bench/migrate.py)"
+    local dir=$out/migration key args props label n out_json total down
+    local base_total='' base_down='' rep
+    local -a cases=(
+        "none|||VM without the device (a)"
+        "stop1|--migration stop-copy --dma-logging --mig-extra-kib 1024 --mig-seed 3||1 MiB state, STOP_COPY, DMA logging (b)"
+        "stop16|--migration stop-copy --dma-logging --mig-extra-kib 16384 --mig-seed 3||16 MiB state, STOP_COPY, DMA logging (b)"
+        "pre16|--migration pre-copy --dma-logging --mig-extra-kib 16384 --mig-seed 3||16 MiB state, PRE_COPY, DMA logging (b)"
+        "nolog1|--migration stop-copy --mig-extra-kib 1024 --mig-seed 3|,enable-migration=on|1 MiB state, no DMA logging: all RAM dirty (b)"
+    )
+    local c
+
+    section "$sec"
+    mkdir -p "$dir"
+    for c in "${cases[@]}"; do
+        IFS="|" read -r key args props label <<<"$c"
+        local totals='' downs='' err=''
+        for rep in $(seq "$mig_reps"); do
+            progress "migration: $label, pass $rep"
+            if [ "$key" = none ]; then
+                out_json=$(python3 "$here/migrate.py" "$qemu" "$dir/$key" 2>>"$dir/$key.log")
+            else
+                out_json=$(python3 "$here/migrate.py" "$qemu" "$dir/$key" \
+                           "$raw_server" "$args" "$props" 2>>"$dir/$key.log")
+            fi
+            echo "$out_json" >>"$dir/$key.log"
+            total=$(echo "$out_json" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["total_ms"] if d.get("status") == "completed" else "")' 2>/dev/null)
+            down=$(echo "$out_json" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["downtime_ms"] if d.get("status") == "completed" else "")' 2>/dev/null)
+            if [ -z "$total" ]; then
+                err="the migration did not complete: $(tail -n 1 "$dir/$key.log")"
+                break
+            fi
+            totals="$totals $total"
+            downs="$downs $down"
+        done
+        if [ -n "$err" ]; then
+            row "$sec" "migration, $label" tcg null "" "" "" "" "" "$err"
+            continue
+        fi
+        total=$(echo "$totals" | median)
+        down=$(echo "$downs" | median)
+        if [ "$key" = none ]; then
+            base_total=$total
+            base_down=$down
+        fi
+        row "$sec" "migration, $label" tcg \
+            "{\"total_ms\":[$(echo $totals | tr ' ' ',')],\"downtime_ms\":[$(echo $downs | tr ' ' ',')]}" \
+            "$total ms total / $down ms down" \
+            "$( [ "$key" = none ] || ratio "$total" "$base_total")" \
+            "$( [ "$key" = none ] || echo "total time, b / a")" "" \
+            "median of $mig_reps; downtime limit 300 ms (QEMU's default)" ""
+    done
+    table_note "the client guesses 64 KiB for the device state left when the VM stops: vfio-user has no message for its size"
+}
+
 for s in $sections; do
     case $s in
     1)
@@ -907,6 +970,9 @@ for s in $sections; do
                 bare_skip="the bench guest did not build: $(head -n 1 "$bare_dir/gcc.log")"
         fi
         msix_section
+        ;;
+    4)
+        migration_section
         ;;
     esac
 done
