@@ -7,7 +7,8 @@
  * and a record of what arrives on each fd; and, one at a time, the
  * misbehaviours of a hostile server (--misbehave).
  *
- * The device: PCI 1b36:00f1, class 0xff0000, INTx pin A, no capabilities.
+ * The device: PCI 1b36:00f1, class 0xff0000, INTx pin A, no capabilities
+ * (but MSI-X with --msix).
  *   BAR0  4 KiB memory (32-bit, non-prefetchable)
  *   BAR1  256 bytes I/O space
  *   BAR2  8 KiB memory; its second page is offered for mmap() (a memfd,
@@ -44,6 +45,7 @@
  *   0xc50 u64 MIG_PRECOPY  PRE_COPY chunks handed out
  *   0xc58 u64 DMA_FILLS    --dma-fill fills done
  *   0xc60 u64 LOG_REPORTS  DMA_LOGGING_REPORTs answered
+ *   0xc68 u64 MSIX_FIRED   --msix vectors signalled
  *
  * What arrives on an io fd lands in the region, as a REGION_WRITE would:
  * an ioregionfd write at the entry's offset plus the command's (a read is
@@ -64,7 +66,7 @@
  *            [--hold-write-replies N] [--misbehave NAME] [--delay-ms N]
  *            [--log FILE] [--migration stop-copy|pre-copy]
  *            [--mig-fault NAME] [--mig-extra-kib N] [--mig-seed N]
- *            [--dma-logging] [--dma-fill KIB] SOCKET_PATH
+ *            [--dma-logging] [--dma-fill KIB] [--msix N] SOCKET_PATH
  * Serves one client after another until killed.
  *   --iofd REGION,TYPE[,KEY=VALUE]...  an io fd entry of BAR REGION (0-2);
  *       TYPE ioeventfd (wire type 0), ioregionfd (1) or shadow (2).
@@ -123,6 +125,9 @@
  *       v = v * 6364136223846793005 + 1442695040888963407, v starting at
  *       the value): directly where the client's DMA_MAP came with an fd
  *       (the server maps it), else with DMA_WRITE messages.
+ *   --msix N  an MSI-X capability (at 0x60) with N vectors (16 at most),
+ *       the table at 0x800 and the PBA at 0xc00 of BAR2; a write of 4
+ *       bytes to BAR0 at 0x7f0 signals the eventfd of the vector written.
  * Bad options exit with status 2.
  *
  * Before each message from the client, the server reads every io fd: the
@@ -200,6 +205,7 @@
 /* Regions */
 #define NR_REGIONS          VFIO_PCI_NUM_REGIONS
 #define NR_IRQS             VFIO_PCI_NUM_IRQS
+#define MAX_MSIX            16          /* --msix */
 #define NR_BARS_USED        3
 #define BAR0_SIZE           0x1000
 #define BAR1_SIZE           0x100
@@ -248,6 +254,7 @@
 #define ST_MIG_PRECOPY      0xc50
 #define ST_DMA_FILLS        0xc58
 #define ST_LOG_REPORTS      0xc60
+#define ST_MSIX_FIRED       0xc68
 
 /* GET_REGION_IO_FDS */
 #define MAX_ENTRIES         16
@@ -373,6 +380,7 @@ struct ioregion_sock {
 static struct {
     int sock;
     int intx_fd;
+    int msix_fds[MAX_MSIX];
     int eventfds[MAX_ENTRIES];
     int shadow_fds[NR_BARS_USED];
     uint8_t *shadow[NR_BARS_USED];
@@ -580,8 +588,24 @@ static void scratch_store(unsigned region, uint64_t offset, const uint8_t *buf,
  * the status register and the ROM BAR: QEMU sizes the ROM by writing
  * ones and reading back, and a device without a ROM reads back zero.
  */
+/*
+ * --msix N: an MSI-X capability at CFG_MSIX with N vectors, its table and
+ * PBA in BAR2's first page; a write to BAR0 at MSIX_FIRE_REG signals the
+ * eventfd of the vector written, if the client gave it one.
+ */
+#define CFG_MSIX            0x60
+#define CFG_MSIX_END        0x6c
+#define MSIX_TABLE          0x800
+#define MSIX_PBA            0xc00
+#define MSIX_FIRE_REG       0x7f0
+static unsigned msix_vectors;
+
 static bool config_writable(unsigned off)
 {
+    if (msix_vectors && off >= CFG_MSIX && off < CFG_MSIX_END) {
+        /* Message control's enable and function mask bits only */
+        return off == CFG_MSIX + 3;
+    }
     return (off >= 0x04 && off < 0x06) ||      /* command */
            (off >= 0x0c && off < 0x0e) ||      /* cache line, latency */
            (off >= 0x10 && off < 0x28) ||      /* BARs */
@@ -607,6 +631,14 @@ static void config_init(void)
     st_le(config + CFG_BAR1, 4, CFG_BAR_IO);
     st_le(config + CFG_BAR2, 4, 0);
     config[CFG_INTERRUPT_PIN] = 1;
+    if (msix_vectors) {
+        config[CFG_STATUS] |= CFG_STATUS_CAP_LIST;
+        config[CFG_CAP_PTR] = CFG_MSIX;
+        config[CFG_MSIX] = 0x11;                    /* MSI-X */
+        st_le(config + CFG_MSIX + 2, 2, msix_vectors - 1);
+        st_le(config + CFG_MSIX + 4, 4, MSIX_TABLE | 2);
+        st_le(config + CFG_MSIX + 8, 4, MSIX_PBA | 2);
+    }
 }
 
 /*
@@ -1366,17 +1398,64 @@ static int handle_get_region_io_fds(struct exchange *x)
 static int handle_get_irq_info(struct exchange *x)
 {
     uint32_t index = rd32(x->req + 8);
-    bool intx = index == VFIO_PCI_INTX_IRQ_INDEX;
+    uint32_t count = 0;
 
     if (rd32(x->req) < 16 || index >= NR_IRQS) {
         return -EINVAL;
     }
+    if (index == VFIO_PCI_INTX_IRQ_INDEX) {
+        count = 1;
+    } else if (index == VFIO_PCI_MSIX_IRQ_INDEX) {
+        count = msix_vectors;
+    }
     wr32(x->rep, 16);
-    wr32(x->rep + 4, intx ? VFIO_IRQ_INFO_EVENTFD : 0);
+    wr32(x->rep + 4, count ? VFIO_IRQ_INFO_EVENTFD : 0);
     wr32(x->rep + 8, index);
-    wr32(x->rep + 12, intx ? 1 : 0);
+    wr32(x->rep + 12, count);
     x->rep_len = 16;
     return 0;
+}
+
+/* MSI-X triggers: fds for start..start + count, none to drop them */
+static int set_msix(struct exchange *x, uint32_t flags, uint32_t start,
+                    uint32_t count)
+{
+    uint32_t i;
+
+    if (!(flags & VFIO_IRQ_SET_ACTION_TRIGGER)) {
+        return 0;
+    }
+    if ((flags & VFIO_IRQ_SET_DATA_NONE) && !count) {
+        start = 0;
+        count = msix_vectors;
+    } else if (!(flags & VFIO_IRQ_SET_DATA_EVENTFD)) {
+        return 0;
+    }
+    if (start > msix_vectors || count > msix_vectors - start ||
+        (x->nfds && x->nfds != count)) {
+        return -EINVAL;
+    }
+    for (i = 0; i < count; i++) {
+        if (conn.msix_fds[start + i] >= 0) {
+            close(conn.msix_fds[start + i]);
+        }
+        conn.msix_fds[start + i] = -1;
+        if (x->nfds) {
+            conn.msix_fds[start + i] = x->fds[i];
+            x->fds[i] = -1;
+        }
+    }
+    return 0;
+}
+
+static void msix_fire(uint64_t vector)
+{
+    uint64_t one = 1;
+
+    if (vector < msix_vectors && conn.msix_fds[vector] >= 0 &&
+        write(conn.msix_fds[vector], &one, sizeof(one)) == sizeof(one)) {
+        stat_add64(ST_MSIX_FIRED, 1);
+    }
 }
 
 static int handle_set_irqs(struct exchange *x)
@@ -1390,6 +1469,9 @@ static int handle_set_irqs(struct exchange *x)
               index, flags, start, count, x->nfds);
     if (index >= NR_IRQS) {
         return -EINVAL;
+    }
+    if (index == VFIO_PCI_MSIX_IRQ_INDEX && msix_vectors) {
+        return set_msix(x, flags, start, count);
     }
     if (index != VFIO_PCI_INTX_IRQ_INDEX ||
         !(flags & VFIO_IRQ_SET_ACTION_TRIGGER)) {
@@ -1455,6 +1537,9 @@ static int handle_region_rw(struct exchange *x)
     scratch_store(region, offset, x->req + 16, count);
     if (dma_fill_size && region == 0 && offset == FILL_REG && count == 8) {
         dma_fill(rd64(x->req + 16));
+    }
+    if (msix_vectors && region == 0 && offset == MSIX_FIRE_REG && count == 4) {
+        msix_fire(rd32(x->req + 16));
     }
     stat_add64(ST_WRITES, 1);
     stat_set64(ST_WR_OFFSET, offset);
@@ -2459,6 +2544,9 @@ static void conn_start(int sock)
 
     conn.sock = sock;
     conn.intx_fd = -1;
+    for (i = 0; i < MAX_MSIX; i++) {
+        conn.msix_fds[i] = -1;
+    }
     for (i = 0; i < MAX_ENTRIES; i++) {
         conn.eventfds[i] = -1;
     }
@@ -2491,6 +2579,11 @@ static void conn_end(void)
     close(conn.sock);
     if (conn.intx_fd >= 0) {
         close(conn.intx_fd);
+    }
+    for (i = 0; i < MAX_MSIX; i++) {
+        if (conn.msix_fds[i] >= 0) {
+            close(conn.msix_fds[i]);
+        }
     }
     for (i = 0; i < MAX_ENTRIES; i++) {
         if (conn.eventfds[i] >= 0) {
@@ -3447,6 +3540,7 @@ int main(int argc, char **argv)
         { "mig-seed", required_argument, NULL, 'S' },
         { "dma-logging", no_argument, NULL, 'L' },
         { "dma-fill", required_argument, NULL, 'D' },
+        { "msix", required_argument, NULL, 'X' },
         { NULL, 0, NULL, 0 },
     };
     uint64_t mig_extra_kib = 0, mig_seed = 0;
@@ -3531,6 +3625,9 @@ int main(int argc, char **argv)
             break;
         case 'D':
             dma_fill_size = parse_number("--dma-fill", optarg, 1024) * 1024;
+            break;
+        case 'X':
+            msix_vectors = parse_number("--msix", optarg, MAX_MSIX);
             break;
         default:
             usage_error("unknown option");

@@ -2408,6 +2408,51 @@ static void mig_check_state(RawDev *r)
     g_assert_cmphex(qpci_config_readl(r->dev, 0x40), ==, 0x87654321);
 }
 
+/* The raw server's --msix: a write to BAR0 signals a vector's eventfd */
+#define RS_MSIX_FIRE_REG    0x7f0
+#define RS_MSIX_FIRED       0xc68
+#define MIG_MSIX_VECTOR     2
+
+/*
+ * Have @r's server signal MIG_MSIX_VECTOR, and wait for its message in
+ * guest RAM, where the vector's address points (qtest has no APIC)
+ */
+static void raw_msix_check(RawDev *r, uint64_t fired)
+{
+    uint64_t addr = MSIX_RAM + MIG_MSIX_VECTOR * 4;
+    int i;
+
+    qtest_writel(r->qts, addr, 0);
+    qpci_io_writel(r->dev, r->bar0, RS_MSIX_FIRE_REG, MIG_MSIX_VECTOR);
+    g_assert_cmpuint(qpci_io_readq(r->dev, r->bar0, RS_MSIX_FIRED), ==,
+                     fired);
+    for (i = 0; i < WAIT_MS / 10; i++) {
+        if (qtest_readl(r->qts, addr) == 0xcafe0000 + MIG_MSIX_VECTOR) {
+            return;
+        }
+        g_usleep(10 * 1000);
+    }
+    g_assert_cmphex(qtest_readl(r->qts, addr), ==,
+                    0xcafe0000 + MIG_MSIX_VECTOR);
+}
+
+static void raw_msix_setup(RawDev *r)
+{
+    uint64_t entry;
+
+    qpci_msix_enable(r->dev);
+    entry = r->dev->msix_table_off + MIG_MSIX_VECTOR * PCI_MSIX_ENTRY_SIZE;
+    qpci_io_writel(r->dev, r->dev->msix_table_bar,
+                   entry + PCI_MSIX_ENTRY_LOWER_ADDR,
+                   MSIX_RAM + MIG_MSIX_VECTOR * 4);
+    qpci_io_writel(r->dev, r->dev->msix_table_bar,
+                   entry + PCI_MSIX_ENTRY_UPPER_ADDR, 0);
+    qpci_io_writel(r->dev, r->dev->msix_table_bar,
+                   entry + PCI_MSIX_ENTRY_DATA, 0xcafe0000 + MIG_MSIX_VECTOR);
+    qpci_io_writel(r->dev, r->dev->msix_table_bar,
+                   entry + PCI_MSIX_ENTRY_VECTOR_CTRL, 0);
+}
+
 static uint32_t mig_state(RawDev *r)
 {
     return qpci_io_readl(r->dev, r->bar0, RS_MIG_STATE);
@@ -2434,10 +2479,10 @@ static void check_migration(const char *mode)
 {
     const char *const src_args[] = {
         "--migration", mode, "--mig-extra-kib", "256", "--mig-seed", "7",
-        NULL
+        "--msix", "4", NULL
     };
     const char *const dst_args[] = {
-        "--migration", mode, "--mig-extra-kib", "256", NULL
+        "--migration", mode, "--mig-extra-kib", "256", "--msix", "4", NULL
     };
     g_autofree char *status = NULL;
     g_autofree char *desc = NULL;
@@ -2450,6 +2495,8 @@ static void check_migration(const char *mode)
     }
     mig_set_state(&m.src);
     qpci_device_enable(m.src.dev);
+    raw_msix_setup(&m.src);
+    raw_msix_check(&m.src, 1);
     sum = qpci_io_readq(m.src.dev, m.src.bar0, RS_MIG_SUM);
     g_assert_cmpuint(mig_state(&m.src), ==, RS_MIG_RUNNING);
     if (!strcmp(mode, "pre-copy")) {
@@ -2481,6 +2528,9 @@ static void check_migration(const char *mode)
                     sum);
     g_assert_cmpuint(mig_state(&m.dst), ==, RS_MIG_RUNNING);
     mig_check_state(&m.dst);
+    /* The MSI-X table came with the VM, the vector's eventfd from QEMU */
+    qpci_msix_enable(m.dst.dev);
+    raw_msix_check(&m.dst, 1);
     g_assert_cmphex(qpci_config_readw(m.dst.dev, PCI_COMMAND) &
                     (PCI_COMMAND_MEMORY | PCI_COMMAND_IO), ==,
                     PCI_COMMAND_MEMORY | PCI_COMMAND_IO);
