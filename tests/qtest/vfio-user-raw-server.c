@@ -66,7 +66,8 @@
  *            [--hold-write-replies N] [--misbehave NAME] [--delay-ms N]
  *            [--log FILE] [--migration stop-copy|pre-copy]
  *            [--mig-fault NAME] [--mig-extra-kib N] [--mig-seed N]
- *            [--dma-logging] [--dma-fill KIB] [--msix N] SOCKET_PATH
+ *            [--dma-logging] [--dma-fill KIB] [--dma-fill-precopy]
+ *            [--msix N] SOCKET_PATH
  * Serves one client after another until killed.
  *   --iofd REGION,TYPE[,KEY=VALUE]...  an io fd entry of BAR REGION (0-2);
  *       TYPE ioeventfd (wire type 0), ioregionfd (1) or shadow (2).
@@ -125,6 +126,9 @@
  *       v = v * 6364136223846793005 + 1442695040888963407, v starting at
  *       the value): directly where the client's DMA_MAP came with an fd
  *       (the server maps it), else with DMA_WRITE messages.
+ *   --dma-fill-precopy  with --dma-fill, also fill (seed 0x1000 plus the
+ *       PRE_COPY chunk count) at each PRE_COPY iteration, as a device
+ *       that keeps working while the VM migrates.
  *   --msix N  an MSI-X capability (at 0x60) with N vectors (16 at most),
  *       the table at 0x800 and the PBA at 0xc00 of BAR2; a write of 4
  *       bytes to BAR0 at 0x7f0 signals the eventfd of the vector written.
@@ -345,6 +349,7 @@ static const struct misbehaviour *misbehaviour;
 #define FILL_REG            0x7f8
 #define DMA_FILL_CHUNK      4096
 static uint64_t dma_fill_size;
+static bool dma_fill_precopy;       /* fill on each PRE_COPY iteration */
 static void dma_fill(uint64_t seed);
 
 /* The guest memory the client mapped (DMA_MAP), for our DMA requests */
@@ -2102,6 +2107,10 @@ static int handle_mig_data_read(struct exchange *x)
             mig_rec_end = mig_out_len;
             stat_add64(ST_MIG_PRECOPY, 1);
         }
+        /* A device at work: it writes guest memory in every iteration */
+        if (dma_fill_precopy && dma_fill_size) {
+            dma_fill(0x1000 + ld_le(bar0 + ST_MIG_PRECOPY, 8));
+        }
     }
     /* In PRE_COPY, a read ends with the chunk: one chunk per iteration */
     avail = mig_rec_end - mig_out_pos;
@@ -3541,6 +3550,7 @@ int main(int argc, char **argv)
         { "dma-logging", no_argument, NULL, 'L' },
         { "dma-fill", required_argument, NULL, 'D' },
         { "msix", required_argument, NULL, 'X' },
+        { "dma-fill-precopy", no_argument, NULL, 'P' },
         { NULL, 0, NULL, 0 },
     };
     uint64_t mig_extra_kib = 0, mig_seed = 0;
@@ -3625,6 +3635,9 @@ int main(int argc, char **argv)
             break;
         case 'D':
             dma_fill_size = parse_number("--dma-fill", optarg, 1024) * 1024;
+            break;
+        case 'P':
+            dma_fill_precopy = true;
             break;
         case 'X':
             msix_vectors = parse_number("--msix", optarg, MAX_MSIX);

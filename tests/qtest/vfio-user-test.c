@@ -2749,6 +2749,58 @@ static void test_migration_dma_dirty(const void *opaque)
 }
 
 /*
+ * A device that writes guest RAM by DMA (messages) in every PRE_COPY
+ * iteration: the migration converges, and the destination's RAM has what
+ * the source's had when it stopped.
+ */
+static void test_migration_dma_precopy(void)
+{
+    g_autofree char *fill = g_strdup_printf("%d", MIG_FILL_KIB);
+    const char *const src_args[] = {
+        "--migration", "pre-copy", "--mig-extra-kib", "256",
+        "--dma-logging", "--dma-fill", fill, "--dma-fill-precopy", NULL
+    };
+    const char *const dst_args[] = {
+        "--migration", "pre-copy", "--mig-extra-kib", "256", "--dma-logging",
+        NULL
+    };
+    g_autofree uint8_t *src_ram = g_malloc(MIG_FILL_KIB * 1024);
+    g_autofree uint8_t *dst_ram = g_malloc(MIG_FILL_KIB * 1024);
+    g_autofree char *status = NULL;
+    g_autofree char *desc = NULL;
+    MigPair m;
+
+    if (!mig_pair_start_opts(&m, "", ",id=rawdev", ",id=rawdev", src_args,
+                             dst_args)) {
+        return;
+    }
+    qpci_device_enable(m.src.dev);
+    /* As check_migration() does for PRE_COPY: one chunk an iteration */
+    qtest_qmp_assert_success(m.src.qts, "{'execute': "
+                             "'migrate-set-parameters', 'arguments': "
+                             "{'downtime-limit': 10, "
+                             "'avail-switchover-bandwidth': %d, "
+                             "'max-bandwidth': %d}}",
+                             10 * 1024 * 1024, 1024 * 1024);
+    status = mig_run(&m, &desc);
+    g_assert_cmpstr(status, ==, "completed");
+    mig_wait_running(&m.dst);
+    raw_dev_attach(&m.dst);
+
+    g_assert_cmpuint(qpci_io_readq(m.src.dev, m.src.bar0, RS_MIG_PRECOPY),
+                     ==, 4);
+    /* A fill with each chunk, and with each read once they are out */
+    g_assert_cmpuint(qpci_io_readq(m.src.dev, m.src.bar0, RS_DMA_FILLS), >=,
+                     4);
+    /* The last fill, made with the last chunk's count */
+    check_fill(m.src.qts, 0x1000 + 4);
+    qtest_memread(m.src.qts, RS_FILL_ADDR, src_ram, MIG_FILL_KIB * 1024);
+    qtest_memread(m.dst.qts, RS_FILL_ADDR, dst_ram, MIG_FILL_KIB * 1024);
+    g_assert_true(memcmp(src_ram, dst_ram, MIG_FILL_KIB * 1024) == 0);
+    mig_pair_stop(&m);
+}
+
+/*
  * The destination's server died before the migration: the destination
  * cannot resume the device, and the source VM goes on running.
  */
@@ -3536,6 +3588,8 @@ static void add_migration_tests(void)
                         GINT_TO_POINTER(false), test_migration_dma_dirty);
     qtest_add_data_func("/vfio-user/migration/dma-dirty/shared-memory",
                         GINT_TO_POINTER(true), test_migration_dma_dirty);
+    qtest_add_func("/vfio-user/migration/dma-dirty/pre-copy",
+                   test_migration_dma_precopy);
     qtest_add_func("/vfio-user/migration/truncated", test_migration_truncated);
     qtest_add_func("/vfio-user/migration/no-dst-server",
                    test_migration_no_dst_server);
