@@ -125,6 +125,11 @@ static int vfio_user_feature_migration(VFIODevice *vbasedev,
     }
     memcpy(&mig->flags, ((VFIOUserDeviceFeature *)reply.hdr)->data,
            sizeof(mig->flags));
+    /* vfio-user has no P2P states: never let hw/vfio ask for them */
+    if (mig->flags & VFIO_MIGRATION_P2P) {
+        trace_vfio_user_mig_p2p_ignored(vbasedev->name);
+        mig->flags &= ~(uint64_t)VFIO_MIGRATION_P2P;
+    }
     return 0;
 }
 

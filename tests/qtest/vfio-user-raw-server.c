@@ -114,7 +114,8 @@
  *   --mig-fault NAME  refuse-resuming, refuse-stop-copy, truncate (the
  *       stream lacks its END record), excess (a MIG_DATA_READ reply says it
  *       has more than was asked), hang-stop-copy (answer nothing once in
- *       STOP_COPY).
+ *       STOP_COPY), claim-p2p (offer VFIO_MIGRATION_P2P, which vfio-user
+ *       does not use, and refuse its states as any other unknown state).
  *   --mig-extra-kib N  N KiB of device state besides the registers;
  *       --mig-seed N fills it with bytes made from N (else zeros).
  *   --dma-logging  with --migration, offer DMA logging (the DMA_LOGGING_*
@@ -1567,6 +1568,7 @@ static int handle_region_rw(struct exchange *x)
  * END record, or a record out of bounds, fails that arc.
  */
 #define MIG_FLAG_STOP_COPY      (1u << 0)
+#define MIG_FLAG_P2P            (1u << 1)
 #define MIG_FLAG_PRE_COPY       (1u << 2)
 #define MIG_CHUNK               (64 * 1024)
 #define MIG_MAX_EXTRA_KIB       (256 * 1024)
@@ -1607,6 +1609,7 @@ enum mig_fault {
     MIG_FAULT_TRUNCATE,         /* leave the END record out */
     MIG_FAULT_EXCESS,           /* say a read has more than was asked */
     MIG_FAULT_HANG_STOP_COPY,   /* go quiet on the way into STOP_COPY */
+    MIG_FAULT_CLAIM_P2P,        /* claim the P2P states, and refuse them */
 };
 
 static const char *const mig_fault_names[] = {
@@ -1616,6 +1619,7 @@ static const char *const mig_fault_names[] = {
     [MIG_FAULT_TRUNCATE] = "truncate",
     [MIG_FAULT_EXCESS] = "excess",
     [MIG_FAULT_HANG_STOP_COPY] = "hang-stop-copy",
+    [MIG_FAULT_CLAIM_P2P] = "claim-p2p",
 };
 
 static uint32_t mig_flags;          /* 0: no migration */
@@ -1845,6 +1849,7 @@ static int mig_set_state(uint32_t to)
     int s, ret;
 
     if (!mig_state_valid(to) || mig_state == MIG_ERROR) {
+        log_event("refused migration state %u", to);
         return -EINVAL;
     }
     for (i = 0; i < MIG_NR_STATES; i++) {
@@ -2070,7 +2075,8 @@ static int handle_device_feature(struct exchange *x)
         if (!(flags & FEATURE_GET)) {
             return -EINVAL;
         }
-        wr64(x->rep + 8, mig_flags);
+        wr64(x->rep + 8, mig_flags |
+             (mig_fault == MIG_FAULT_CLAIM_P2P ? MIG_FLAG_P2P : 0));
         x->rep_len += 8;
         wr32(x->rep, x->rep_len);
         return 0;

@@ -2801,6 +2801,36 @@ static void test_migration_dma_precopy(void)
 }
 
 /*
+ * A server that claims VFIO_MIGRATION_P2P, whose states vfio-user does not
+ * use (and which the server refuses): QEMU does not ask for them, and the
+ * migration completes.
+ */
+static void test_migration_p2p_ignored(void)
+{
+    const char *const args[] = {
+        "--migration", "stop-copy", "--mig-fault", "claim-p2p", NULL
+    };
+    g_autofree char *status = NULL;
+    g_autofree char *desc = NULL;
+    MigPair m;
+
+    if (!mig_pair_start(&m, MIG_DEVICE_OPTS, args, args)) {
+        return;
+    }
+    mig_set_state(&m.src);
+    status = mig_run(&m, &desc);
+    g_assert_cmpstr(status, ==, "completed");
+    mig_wait_running(&m.dst);
+    raw_dev_attach(&m.dst);
+    g_assert_cmpuint(qpci_io_readl(m.dst.dev, m.dst.bar0, RS_MIG_LOADS), ==,
+                     1);
+    mig_check_state(&m.dst);
+    g_assert_cmpint(raw_log_count(&m.src, "refused migration state 5"), ==,
+                    0);
+    mig_pair_stop(&m);
+}
+
+/*
  * The destination's server died before the migration: the destination
  * cannot resume the device, and the source VM goes on running.
  */
@@ -3590,6 +3620,8 @@ static void add_migration_tests(void)
                         GINT_TO_POINTER(true), test_migration_dma_dirty);
     qtest_add_func("/vfio-user/migration/dma-dirty/pre-copy",
                    test_migration_dma_precopy);
+    qtest_add_func("/vfio-user/migration/p2p-ignored",
+                   test_migration_p2p_ignored);
     qtest_add_func("/vfio-user/migration/truncated", test_migration_truncated);
     qtest_add_func("/vfio-user/migration/no-dst-server",
                    test_migration_no_dst_server);
