@@ -1659,10 +1659,18 @@ static uint64_t mig_extra_sum(void)
     return h;
 }
 
+/* Hashing MiBs of state at each state change would slow migration down */
+static bool mig_sum_stale = true;
+static uint64_t mig_sum;
+
 static void mig_stats(void)
 {
     stat_set32(ST_MIG_STATE, mig_state);
-    stat_set64(ST_MIG_SUM, mig_extra_sum());
+    if (mig_sum_stale) {
+        mig_sum = mig_extra_sum();
+        mig_sum_stale = false;
+    }
+    stat_set64(ST_MIG_SUM, mig_sum);
 }
 
 static void mig_put(unsigned kind, uint64_t offset, const uint8_t *data,
@@ -1735,6 +1743,7 @@ static int mig_apply(bool apply)
         case MIG_REC_EXTRA:
             mem = mig_extra;
             size = mig_extra_size;
+            mig_sum_stale |= apply;
             break;
         case MIG_REC_BAR0:
             mem = bar0;
