@@ -137,9 +137,11 @@ static int vfio_user_feature_mig_state(VFIODevice *vbasedev,
                                        struct vfio_device_feature *feature)
 {
     struct vfio_device_feature_mig_state *state = (void *)feature->data;
+    VFIOUserDevice *udev = vbasedev->io_opaque;
     VFIOUserMigState wire = { .data_fd = -1 };
     g_auto(VFIOUserMsg) reply = { };
     VFIOUserMigState *rstate;
+    Error *err = NULL;
     int ret;
 
     if (feature->argsz < sizeof(*feature) + sizeof(*state)) {
@@ -149,17 +151,24 @@ static int vfio_user_feature_mig_state(VFIODevice *vbasedev,
     ret = vfio_user_feature_exchange(vbasedev, feature->flags, &wire,
                                      sizeof(wire), sizeof(wire), &reply);
     if (ret < 0) {
+        /* Where the device is now, hw/vfio finds out; not in PRE_COPY */
+        udev->precopy = false;
         return ret;
     }
     rstate = (void *)((VFIOUserDeviceFeature *)reply.hdr)->data;
     if (feature->flags & VFIO_DEVICE_FEATURE_GET) {
+        if (rstate->device_state > VFIO_DEVICE_STATE_PRE_COPY ||
+            rstate->device_state == VFIO_DEVICE_STATE_RUNNING_P2P) {
+            error_setg(&err, "%s: the server says its device is in state "
+                       "%u, which vfio-user does not have", vbasedev->name,
+                       rstate->device_state);
+            return vfio_user_mig_refuse(err);
+        }
         state->device_state = rstate->device_state;
     }
     /* Migration data travels on the socket: never an fd the server names */
     state->data_fd = -1;
     if (feature->flags & VFIO_DEVICE_FEATURE_SET) {
-        VFIOUserDevice *udev = vbasedev->io_opaque;
-
         udev->precopy = state->device_state == VFIO_DEVICE_STATE_PRE_COPY;
         udev->precopy_initial_sent = false;
         udev->precopy_more = true;
@@ -229,11 +238,11 @@ static int vfio_user_feature_logging_report(VFIODevice *vbasedev,
     uint64_t pages, done = 0, part_pages, room;
 
     if (feature->argsz < sizeof(*feature) + sizeof(*report) ||
-        !is_power_of_2(page_size) || !report->length ||
-        report->length % page_size) {
+        !is_power_of_2(page_size) || !report->length) {
         return -EINVAL;
     }
-    pages = report->length / page_size;
+    /* A section need not end on a host page, as the kernel allows */
+    pages = DIV_ROUND_UP(report->length, page_size);
     /* The reply's payload, its headers and the bitmap, fits max_xfer_size */
     room = proxy->max_xfer_size - MIN(proxy->max_xfer_size,
                                       VFIO_USER_FEATURE_PAYLOAD +
@@ -244,7 +253,7 @@ static int vfio_user_feature_logging_report(VFIODevice *vbasedev,
         size_t words = DIV_ROUND_UP(n, 64);
         VFIOUserDMALoggingReport wire = {
             .iova = report->iova + done * page_size,
-            .length = n * page_size,
+            .length = MIN(n * page_size, report->length - done * page_size),
             .page_size = page_size,
         };
         g_auto(VFIOUserMsg) reply = { };
@@ -288,7 +297,12 @@ static void vfio_user_precopy_estimate(VFIODevice *vbasedev,
     VFIOUserDevice *udev = vbasedev->io_opaque;
     uint64_t guess = vfio_user_mig_guess(vbasedev);
 
-    *initial = udev->precopy && !udev->precopy_initial_sent ? guess : 0;
+    /*
+     * More than one read's worth: hw/vfio takes what it read off the
+     * initial estimate, and says the initial data is out (switchover-ack)
+     * once that is 0
+     */
+    *initial = udev->precopy && !udev->precopy_initial_sent ? 2 * guess : 0;
     *dirty = udev->precopy && udev->precopy_initial_sent &&
              udev->precopy_more ? guess : 0;
 }

@@ -2021,10 +2021,11 @@ static int dma_logging_report(struct exchange *x)
         }
     }
     if (i == nr_log_ranges || page_size != log_page_size || !length ||
-        length % page_size || (iova - log_ranges[i].iova) % page_size) {
+        (iova - log_ranges[i].iova) % page_size) {
         return -EINVAL;
     }
-    pages = length / page_size;
+    /* The last page may be partial, as in the kernel */
+    pages = (length + page_size - 1) / page_size;
     if ((pages + 63) / 64 * 8 > MAX_XFER - 32 ||
         argsz < 32 + (pages + 63) / 64 * 8) {
         return -EINVAL;

@@ -2651,23 +2651,35 @@ static uint8_t *fill_pattern(uint64_t seed)
     return buf;
 }
 
-/*
- * Have @r's server fill guest RAM; the read after the write returns once
- * the client has served the DMA_WRITEs the server sent before its reply.
- */
-static void raw_fill(RawDev *r, uint64_t seed, uint64_t fills)
-{
-    qpci_io_writeq(r->dev, r->bar0, RS_FILL_REG, seed);
-    g_assert_cmpuint(qpci_io_readq(r->dev, r->bar0, RS_DMA_FILLS), ==, fills);
-}
-
-static void check_fill(QTestState *qts, uint64_t seed)
+static bool fill_is(QTestState *qts, uint64_t seed)
 {
     g_autofree uint8_t *expect = fill_pattern(seed);
     g_autofree uint8_t *got = g_malloc(MIG_FILL_KIB * 1024);
 
     qtest_memread(qts, RS_FILL_ADDR, got, MIG_FILL_KIB * 1024);
-    g_assert_true(memcmp(got, expect, MIG_FILL_KIB * 1024) == 0);
+    return memcmp(got, expect, MIG_FILL_KIB * 1024) == 0;
+}
+
+static void check_fill(QTestState *qts, uint64_t seed)
+{
+    g_assert_true(fill_is(qts, seed));
+}
+
+/*
+ * Have @r's server fill guest RAM, and wait until it is filled: the
+ * client serves the server's DMA_WRITEs in a thread of their own, which
+ * may finish after the server's next reply.
+ */
+static void raw_fill(RawDev *r, uint64_t seed, uint64_t fills)
+{
+    int i;
+
+    qpci_io_writeq(r->dev, r->bar0, RS_FILL_REG, seed);
+    g_assert_cmpuint(qpci_io_readq(r->dev, r->bar0, RS_DMA_FILLS), ==, fills);
+    for (i = 0; i < WAIT_MS / 10 && !fill_is(r->qts, seed); i++) {
+        g_usleep(10 * 1000);
+    }
+    check_fill(r->qts, seed);
 }
 
 static int64_t mig_dirty_syncs(QTestState *qts)
@@ -2720,13 +2732,17 @@ static void test_migration_dma_dirty(const void *opaque)
     /*
      * Keep the migration from converging (1 ms at 1 MiB/s is less than
      * the 64 KiB the client guesses for the device's state) until the
-     * device has written again, after a pass over all of RAM.
+     * device has written again, after a pass over all of RAM.  QEMU
+     * looks at that threshold only 100 ms into the migration, and stops
+     * the VM before then if it estimates nothing is left: a slow RAM
+     * copy gets past that.
      */
     qtest_qmp_assert_success(m.src.qts, "{'execute': "
                              "'migrate-set-parameters', 'arguments': "
                              "{'downtime-limit': 1, "
-                             "'avail-switchover-bandwidth': %d}}",
-                             1024 * 1024);
+                             "'avail-switchover-bandwidth': %d, "
+                             "'max-bandwidth': %d}}",
+                             1024 * 1024, 1024 * 1024);
     qtest_qmp_assert_success(m.src.qts, "{'execute': 'migrate', "
                              "'arguments': {'uri': %s}}", m.uri);
     for (i = 0; i < 3 * WAIT_MS / 10 && mig_dirty_syncs(m.src.qts) < 2;
