@@ -2175,6 +2175,12 @@ static void mig_init(uint64_t extra_kib, uint64_t seed)
         v = v * 6364136223846793005ull + 1442695040888963407ull;
         mig_extra[i] = v >> 56;
     }
+    /*
+     * Room for the whole outgoing stream, touched now: growing it and
+     * faulting it in on the way into STOP_COPY would count as downtime
+     */
+    mig_grow(&mig_out, &mig_out_cap, mig_extra_size + 2 * MIG_CHUNK);
+    memset(mig_out, 0, mig_out_cap);
 }
 
 static void mig_conn_start(void)
