@@ -2384,6 +2384,31 @@ static void mig_wait_running(RawDev *r)
     g_assert_not_reached();
 }
 
+/* A migration that completed: the destination runs, its device found */
+static void mig_check_completed(MigPair *m, const char *status)
+{
+    g_assert_cmpstr(status, ==, "completed");
+    mig_wait_running(&m->dst);
+    raw_dev_attach(&m->dst);
+}
+
+/*
+ * Let the VM stop only once the device's PRE_COPY data is out: the
+ * client guesses 64 KiB for the state left in STOP_COPY, and more while
+ * the server's reads bring PRE_COPY data.  10 ms at 10 MiB/s lies in
+ * between.  QEMU sets that threshold 100 ms into the migration, and stops
+ * the VM before then if it estimates that nothing is left, as it may
+ * between two reads: a slow RAM copy gets past that.
+ */
+static void mig_set_precopy_params(QTestState *qts)
+{
+    qtest_qmp_assert_success(qts, "{'execute': 'migrate-set-parameters', "
+                             "'arguments': {'downtime-limit': 10, "
+                             "'avail-switchover-bandwidth': %d, "
+                             "'max-bandwidth': %d}}",
+                             10 * 1024 * 1024, 1024 * 1024);
+}
+
 /* Registers in every region and config space, for mig_check_state() */
 static void mig_set_state(RawDev *r)
 {
@@ -2500,27 +2525,11 @@ static void check_migration(const char *mode)
     sum = qpci_io_readq(m.src.dev, m.src.bar0, RS_MIG_SUM);
     g_assert_cmpuint(mig_state(&m.src), ==, RS_MIG_RUNNING);
     if (!strcmp(mode, "pre-copy")) {
-        /*
-         * Let the VM stop only once the device's PRE_COPY data is out:
-         * the client guesses 64 KiB for the state left in STOP_COPY, and
-         * as much again while the server's reads bring PRE_COPY data.
-         * 10 ms at 10 MiB/s lies in between.  QEMU sets that threshold
-         * 100 ms into the migration, and stops the VM before then if it
-         * estimates that nothing is left, as it may between two reads:
-         * a slow RAM copy gets past that.
-         */
-        qtest_qmp_assert_success(m.src.qts, "{'execute': "
-                                 "'migrate-set-parameters', 'arguments': "
-                                 "{'downtime-limit': 10, "
-                                 "'avail-switchover-bandwidth': %d, "
-                                 "'max-bandwidth': %d}}",
-                                 10 * 1024 * 1024, 1024 * 1024);
+        mig_set_precopy_params(m.src.qts);
     }
 
     status = mig_run(&m, &desc);
-    g_assert_cmpstr(status, ==, "completed");
-    mig_wait_running(&m.dst);
-    raw_dev_attach(&m.dst);
+    mig_check_completed(&m, status);
 
     g_assert_cmpuint(qpci_io_readl(m.dst.dev, m.dst.bar0, RS_MIG_LOADS), ==,
                      1);
@@ -2755,9 +2764,7 @@ static void test_migration_dma_dirty(const void *opaque)
                              "'migrate-set-parameters', 'arguments': "
                              "{'downtime-limit': 2000}}");
     status = mig_run_wait(&m, &desc);
-    g_assert_cmpstr(status, ==, "completed");
-    mig_wait_running(&m.dst);
-    raw_dev_attach(&m.dst);
+    mig_check_completed(&m, status);
 
     check_fill(m.src.qts, 2);
     check_fill(m.dst.qts, 2);
@@ -2782,8 +2789,6 @@ static void test_migration_dma_precopy(void)
         "--migration", "pre-copy", "--mig-extra-kib", "256", "--dma-logging",
         NULL
     };
-    g_autofree uint8_t *src_ram = g_malloc(MIG_FILL_KIB * 1024);
-    g_autofree uint8_t *dst_ram = g_malloc(MIG_FILL_KIB * 1024);
     g_autofree char *status = NULL;
     g_autofree char *desc = NULL;
     MigPair m;
@@ -2793,28 +2798,18 @@ static void test_migration_dma_precopy(void)
         return;
     }
     qpci_device_enable(m.src.dev);
-    /* As check_migration() does for PRE_COPY: one chunk an iteration */
-    qtest_qmp_assert_success(m.src.qts, "{'execute': "
-                             "'migrate-set-parameters', 'arguments': "
-                             "{'downtime-limit': 10, "
-                             "'avail-switchover-bandwidth': %d, "
-                             "'max-bandwidth': %d}}",
-                             10 * 1024 * 1024, 1024 * 1024);
+    mig_set_precopy_params(m.src.qts);
     status = mig_run(&m, &desc);
-    g_assert_cmpstr(status, ==, "completed");
-    mig_wait_running(&m.dst);
-    raw_dev_attach(&m.dst);
+    mig_check_completed(&m, status);
 
     g_assert_cmpuint(qpci_io_readq(m.src.dev, m.src.bar0, RS_MIG_PRECOPY),
                      ==, 4);
     /* A fill with each chunk, and with each read once they are out */
     g_assert_cmpuint(qpci_io_readq(m.src.dev, m.src.bar0, RS_DMA_FILLS), >=,
                      4);
-    /* The last fill, made with the last chunk's count */
+    /* The last fill, made with the last chunk's count, on both sides */
     check_fill(m.src.qts, 0x1000 + 4);
-    qtest_memread(m.src.qts, RS_FILL_ADDR, src_ram, MIG_FILL_KIB * 1024);
-    qtest_memread(m.dst.qts, RS_FILL_ADDR, dst_ram, MIG_FILL_KIB * 1024);
-    g_assert_true(memcmp(src_ram, dst_ram, MIG_FILL_KIB * 1024) == 0);
+    check_fill(m.dst.qts, 0x1000 + 4);
     mig_pair_stop(&m);
 }
 
@@ -2837,9 +2832,7 @@ static void test_migration_p2p_ignored(void)
     }
     mig_set_state(&m.src);
     status = mig_run(&m, &desc);
-    g_assert_cmpstr(status, ==, "completed");
-    mig_wait_running(&m.dst);
-    raw_dev_attach(&m.dst);
+    mig_check_completed(&m, status);
     g_assert_cmpuint(qpci_io_readl(m.dst.dev, m.dst.bar0, RS_MIG_LOADS), ==,
                      1);
     mig_check_state(&m.dst);
