@@ -193,6 +193,8 @@ check: qemu qemu-asan guest
 		"$(REPO)/harness/bql-wait.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/tcg-bql-wait-config tcg config" \
 		"kvm: the same, the vCPU waiting in a config space access" \
 		"$(REPO)/harness/bql-wait.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/kvm-bql-wait-config kvm config" \
+		"tcg: the same, the vCPU waiting for an ioregionfd's response" \
+		"$(REPO)/harness/bql-wait.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/tcg-bql-wait-ioregionfd tcg ioregionfd" \
 		"series: export, git am, checkpatch" \
 		"$(MAKE) -C $(REPO) --no-print-directory check-series" \
 		"fuzz: server messages through check.c, libFuzzer + ASan/UBSan, 60 s" \

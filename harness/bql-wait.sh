@@ -4,7 +4,10 @@
 # (harness/guest/bench-guest, mode=hammer) writes and reads a register of
 # the raw test server for ever on the first vCPU (in BAR0, or with TARGET
 # config in config space, which goes through hw/vfio's config code); the second never touches
-# the device and prints a tick every 50 ms.  Once both run, the server is
+# the device and prints a tick every 50 ms.  With TARGET ioregionfd, the
+# server asks for the register through an ioregionfd (GET_REGION_IO_FDS),
+# whose wait is iofd.c's rather than the socket's: QEMU's trace of the
+# messages it sends must then show no BAR accesses on the socket.  Once both run, the server is
 # stopped (SIGSTOP) for 30 s, so that the guest's access in flight waits
 # the whole time.  Meanwhile:
 # - QMP query-status, sent every 100 ms, must answer each time within
@@ -17,7 +20,8 @@
 # go on, and QEMU quit when told.
 #
 # usage: bql-wait.sh QEMU RAW_SERVER GUEST_ELF WORK_DIR [ACCEL [TARGET]]
-#   ACCEL is tcg (default) or kvm; TARGET bar (default) or config.
+#   ACCEL is tcg (default) or kvm; TARGET bar (default), config or
+#   ioregionfd.
 # Exits 0 on success, 77 (skip) when ACCEL is kvm and KVM is unusable.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
@@ -43,10 +47,19 @@ if [ "$accel" = kvm ] && [ ! -w /dev/kvm ]; then
     echo "SKIP: /dev/kvm is missing or not writable"
     exit 77
 fi
+server_opts=()
+trace_opts=()
 case $target in
 bar) hammer_opt='' ;;
 config) hammer_opt=' hammer=config' ;;
-*) echo "bql-wait: TARGET is bar or config, not $target"; exit 2 ;;
+ioregionfd)
+    hammer_opt=''
+    # The scratch register the guest hammers (BAR0 0x10)
+    server_opts=(--iofd 0,ioregionfd,offset=0x10,size=8)
+    trace_opts=(-d trace:vfio_user_send -D "$work/trace.log")
+    ;;
+*) echo "bql-wait: TARGET is bar, config or ioregionfd, not $target"
+   exit 2 ;;
 esac
 case $accel in
 # Both vCPUs must run at once: one thread each
@@ -98,7 +111,8 @@ failed() {
     exit 1
 }
 
-"$server_bin" --log "$work/server-events.log" "$work/sock" \
+"$server_bin" "${server_opts[@]}" --log "$work/server-events.log" \
+    "$work/sock" \
     2>"$work/server.log" &
 server=$!
 for _ in $(seq 100); do
@@ -113,7 +127,7 @@ done
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 -kernel "$elf" \
     -append "mode=hammer n=500$hammer_opt" \
     -device vfio-user-pci,socket="$work/sock",x-request-timeout-ms=$timeout_ms \
-    2>"$work/qemu.log" &
+    "${trace_opts[@]}" 2>"$work/qemu.log" &
 qemu_pid=$!
 
 # Both vCPUs at work: hammer lines and ticks (a slow TCG start included)
@@ -303,6 +317,19 @@ EOF
 
 if [ $rc -ne 0 ]; then
     failed "failed as said above"
+fi
+# The guest's accesses took the ioregionfd: a handful of BAR accesses on
+# the socket (the guest's set-up) against thousands of pairs
+if [ "$target" = ioregionfd ]; then
+    grep -q "iofds region 0 count 1 nfds 1" "$work/server-events.log" ||
+        failed "the server did not hand out its ioregionfd"
+    pairs=$(grep "^BENCH-GUEST: hammer " "$serial" | tail -n1 |
+            sed 's/.* pairs=\([0-9]*\).*/\1/')
+    on_socket=$(grep -c "REGION_\(READ\|WRITE\)" "$work/trace.log") || true
+    echo "bql-wait: $label: $pairs pairs, $on_socket BAR accesses on the socket"
+    if [ "${pairs:-0}" -lt 1000 ] || [ "$on_socket" -gt $((pairs / 100)) ]; then
+        failed "the guest's accesses did not go through the ioregionfd"
+    fi
 fi
 # quit answers before QEMU exits: give it a moment
 for _ in $(seq 100); do

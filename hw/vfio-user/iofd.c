@@ -13,6 +13,8 @@
  *   the eventfd is signalled.
  * - ioregionfd: the proposed KVM ioregionfd never reached Linux; QEMU
  *   speaks its wire protocol on the server's socket for the sub-region.
+ *   A vCPU waits for the response without the BQL, as for a BAR access
+ *   through the vfio-user socket (see vfio_user_ioregionfd_access()).
  *
  * The contract with servers (formats, ordering) is in
  * docs/interop/vfio-user-io-fds.rst.  A server is not trusted: every entry
@@ -35,9 +37,29 @@
 #include "qemu/error-report.h"
 #include "qemu/event_notifier.h"
 #include "qemu/host-utils.h"
+#include "qemu/main-loop.h"
 #include "qemu/memfd.h"
+#include "qemu/rcu.h"
+#include "qemu/thread.h"
 #include "qemu/timer.h"
+#include "hw/core/cpu.h"
 #include "trace.h"
+
+/*
+ * An ioregionfd's socket, one per socket the server sent for the region:
+ * entries sent on the same socket share it, so that their commands and
+ * responses keep in step.  Accesses in flight hold a reference too: they
+ * use it without the BQL, and a reset or the server's death may clear
+ * the entries meanwhile, which then only drop theirs.
+ */
+typedef struct VFIOUserIORegionChan {
+    int refs;
+    int fd;
+    dev_t dev;                  /* with ino, tells a socket sent twice */
+    ino_t ino;
+    QemuMutex lock;             /* a command and its response at a time */
+    bool failed;                /* a response went missing: out of step */
+} VFIOUserIORegionChan;
 
 struct VFIOUserIOFD {
     uint32_t type;
@@ -48,7 +70,7 @@ struct VFIOUserIOFD {
     bool posted;                /* ioregionfd writes need no response */
     bool registered;            /* with the MemoryRegion */
     EventNotifier notifier;     /* the eventfd types */
-    int fd;                     /* an ioregionfd's socket, or -1 */
+    VFIOUserIORegionChan *chan; /* an ioregionfd's socket */
     int shadow_fd;              /* a shadow ioeventfd's memory, or -1 */
     uint64_t shadow_offset;     /* where in it the value goes */
 };
@@ -239,25 +261,63 @@ static bool vfio_user_iofd_take_shadow(VFIOUserIOFD *e, int fd,
     return true;
 }
 
+/*
+ * The channel for ioregionfd socket @fd: an earlier entry's if it came on
+ * the same socket.  (Entries of other regions keep their own; a server
+ * that shares one socket among regions may get its responses crossed.)
+ */
+static VFIOUserIORegionChan *vfio_user_ioregion_chan_get(VFIOUserIOFDs *iofds,
+                                                         int fd, Error **errp)
+{
+    VFIOUserIORegionChan *chan;
+    struct stat st;
+    unsigned int i;
+
+    /* Commands go one way and responses the other */
+    if (fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+        error_setg(errp, "its fd is not a socket");
+        return NULL;
+    }
+    for (i = 0; i < iofds->nr; i++) {
+        chan = iofds->entries[i].chan;
+        if (chan && chan->dev == st.st_dev && chan->ino == st.st_ino) {
+            qatomic_inc(&chan->refs);
+            return chan;
+        }
+    }
+    fd = qemu_dup_flags(fd, O_CLOEXEC);
+    if (fd < 0) {
+        error_setg_errno(errp, errno, "cannot take its fd");
+        return NULL;
+    }
+    chan = g_new0(VFIOUserIORegionChan, 1);
+    chan->refs = 1;
+    chan->fd = fd;
+    chan->dev = st.st_dev;
+    chan->ino = st.st_ino;
+    qemu_mutex_init(&chan->lock);
+    return chan;
+}
+
+static void vfio_user_ioregion_chan_unref(VFIOUserIORegionChan *chan)
+{
+    if (chan && qatomic_fetch_dec(&chan->refs) == 1) {
+        close(chan->fd);
+        qemu_mutex_destroy(&chan->lock);
+        g_free(chan);
+    }
+}
+
 /* Take the fds @d names (duplicated: entries may share them) */
-static bool vfio_user_iofd_open(VFIOUserIOFD *e, const VFIOUserIOFDDesc *d,
-                                const int *fds, Error **errp)
+static bool vfio_user_iofd_open(VFIOUserIOFDs *iofds, VFIOUserIOFD *e,
+                                const VFIOUserIOFDDesc *d, const int *fds,
+                                Error **errp)
 {
     int fd = fds[d->fd_index];
-    struct stat st;
 
     if (d->type == VFIO_USER_IO_FD_TYPE_IOREGIONFD) {
-        /* Commands go one way and responses the other */
-        if (fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
-            error_setg(errp, "its fd is not a socket");
-            return false;
-        }
-        e->fd = qemu_dup_flags(fd, O_CLOEXEC);
-        if (e->fd < 0) {
-            error_setg_errno(errp, errno, "cannot take its fd");
-            return false;
-        }
-        return true;
+        e->chan = vfio_user_ioregion_chan_get(iofds, fd, errp);
+        return e->chan;
     }
 
     /* Anything else could block QEMU's write, and KVM would refuse it */
@@ -305,10 +365,8 @@ static void vfio_user_iofd_unregister(VFIOUserIOFDs *iofds, VFIOUserIOFD *e)
 static void vfio_user_iofd_release(VFIOUserIOFD *e)
 {
     event_notifier_cleanup(&e->notifier);
-    if (e->fd >= 0) {
-        close(e->fd);
-        e->fd = -1;
-    }
+    vfio_user_ioregion_chan_unref(e->chan);
+    e->chan = NULL;
     if (e->shadow_fd >= 0) {
         close(e->shadow_fd);
         e->shadow_fd = -1;
@@ -405,10 +463,9 @@ void vfio_user_iofds_install(VFIOUserIOFDs *iofds, VFIOUserMsg *reply)
             .data = d.data,
             .posted = d.type == VFIO_USER_IO_FD_TYPE_IOREGIONFD &&
                       (d.flags & VFIO_USER_IOREGIONFD_FLAG_POSTED_WRITES),
-            .fd = -1,
             .shadow_fd = -1,
         };
-        if (!vfio_user_iofd_open(e, &d, reply->fds, &err)) {
+        if (!vfio_user_iofd_open(iofds, e, &d, reply->fds, &err)) {
             vfio_user_iofd_release(e);
             goto refuse;
         }
@@ -517,61 +574,6 @@ static int vfio_user_ioregionfd_xfer(int fd, void *buf, size_t len,
     return 0;
 }
 
-/* One guest access as an ioregionfd command, and its response if any */
-static int vfio_user_ioregionfd_access(VFIOUserIOFDs *iofds,
-                                       VFIOUserProxy *proxy,
-                                       VFIOUserIOFD *e, bool write,
-                                       uint64_t offset, uint32_t size,
-                                       void *data)
-{
-    bool wait = !write || !e->posted;
-    VFIOUserIORegionCmd cmd = {
-        .info = cpu_to_le32((write ? VFIO_USER_IOREGIONFD_CMD_WRITE :
-                                     VFIO_USER_IOREGIONFD_CMD_READ) |
-                            ctz32(size) << VFIO_USER_IOREGIONFD_SIZE_SHIFT |
-                            (wait ? VFIO_USER_IOREGIONFD_RESP : 0)),
-        .user_data = cpu_to_le64(e->data),
-        .offset = cpu_to_le64(offset - e->offset),
-        .data = cpu_to_le64(write ? ldn_le_p(data, size) : 0),
-    };
-    VFIOUserIORegionResp resp;
-    int64_t deadline;
-    int ret;
-
-    /*
-     * Whatever waits for the server must come after the guest's earlier
-     * writes, posted ones on the socket included: see that they are done.
-     */
-    if (wait) {
-        vfio_user_flush_posted(proxy);
-    }
-    trace_vfio_user_ioregionfd(iofds->name, iofds->region->nr, write,
-                               offset, size, le64_to_cpu(cmd.data));
-    deadline = qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + iofds->timeout_ms;
-    ret = vfio_user_ioregionfd_xfer(e->fd, &cmd, sizeof(cmd), true, deadline);
-    if (!ret && wait) {
-        ret = vfio_user_ioregionfd_xfer(e->fd, &resp, sizeof(resp), false,
-                                        deadline);
-    }
-    if (ret < 0) {
-        /*
-         * A late response would be taken for the next one: this fd is
-         * done for.  The region is still the server's through the socket.
-         */
-        error_report("%s: BAR %u ioregionfd at 0x%" PRIx64 " failed: %s; "
-                     "its accesses go through the socket from now on",
-                     iofds->name, iofds->region->nr, e->offset,
-                     strerror(-ret));
-        close(e->fd);
-        e->fd = -1;
-        return ret;
-    }
-    if (!write) {
-        stn_le_p(data, size, le64_to_cpu(resp.data));
-    }
-    return size;
-}
-
 /* The entry, if any, that takes this access instead of the socket */
 static VFIOUserIOFD *vfio_user_iofds_find(VFIOUserIOFDs *iofds, bool write,
                                           uint64_t offset, uint32_t size,
@@ -597,7 +599,7 @@ static VFIOUserIOFD *vfio_user_iofds_find(VFIOUserIOFDs *iofds, bool write,
             }
             return e;
         case VFIO_USER_IO_FD_TYPE_IOREGIONFD:
-            if (e->fd < 0 || offset < e->offset ||
+            if (qatomic_read(&e->chan->failed) || offset < e->offset ||
                 offset - e->offset + size > e->size) {
                 continue;
             }
@@ -605,6 +607,124 @@ static VFIOUserIOFD *vfio_user_iofds_find(VFIOUserIOFDs *iofds, bool write,
         }
     }
     return NULL;
+}
+
+/*
+ * Whether this access may wait for the server without the BQL: only a
+ * vCPU's, from its MMIO or port I/O dispatch, whose RCU read-side section
+ * keeps the device (and its VFIOUserIOFDs) alive until the access ends,
+ * as for a BAR access through the socket.
+ */
+static bool vfio_user_ioregionfd_may_unlock(void)
+{
+    return current_cpu && bql_locked() && get_ptr_rcu_reader()->depth > 0;
+}
+
+/*
+ * One guest access as an ioregionfd command, and its response if any.
+ * Returns false, with nothing done, when the sub-region is no longer an
+ * ioregionfd's once posted writes are done: the access then goes through
+ * the socket.
+ *
+ * With the BQL let go, the entry may be cleared (a reset, the server's
+ * death, unplug) or replaced by the time the response comes: the access
+ * looks it up once, before, and then uses only its channel, which it
+ * holds a reference to, and what it copied.  A channel found out of step
+ * is the access's own to report; the entries that share it skip it from
+ * then on.
+ */
+static bool vfio_user_ioregionfd_access(VFIOUserIOFDs *iofds,
+                                        VFIOUserProxy *proxy, VFIOUserIOFD *e,
+                                        bool write, uint64_t offset,
+                                        uint32_t size, void *data,
+                                        int *result)
+{
+    bool unlock = vfio_user_ioregionfd_may_unlock();
+    bool wait = !write || !e->posted;
+    VFIOUserIORegionCmd cmd;
+    VFIOUserIORegionResp resp;
+    VFIOUserIORegionChan *chan;
+    uint64_t entry_offset;
+    bool skipped = false;
+    int64_t deadline;
+    int ret = 0;
+
+    /*
+     * Whatever waits for the server must come after the guest's earlier
+     * writes, posted ones on the socket included: see that they are done.
+     * That may let the BQL go: look for the entry again.
+     */
+    if (wait) {
+        vfio_user_flush_posted(proxy, unlock);
+        e = vfio_user_iofds_find(iofds, write, offset, size, data);
+        if (!e || e->type != VFIO_USER_IO_FD_TYPE_IOREGIONFD) {
+            return false;
+        }
+        wait = !write || !e->posted;
+    }
+    cmd = (VFIOUserIORegionCmd) {
+        .info = cpu_to_le32((write ? VFIO_USER_IOREGIONFD_CMD_WRITE :
+                                     VFIO_USER_IOREGIONFD_CMD_READ) |
+                            ctz32(size) << VFIO_USER_IOREGIONFD_SIZE_SHIFT |
+                            (wait ? VFIO_USER_IOREGIONFD_RESP : 0)),
+        .user_data = cpu_to_le64(e->data),
+        .offset = cpu_to_le64(offset - e->offset),
+        .data = cpu_to_le64(write ? ldn_le_p(data, size) : 0),
+    };
+    entry_offset = e->offset;
+    chan = e->chan;
+    qatomic_inc(&chan->refs);
+    e = NULL;
+    trace_vfio_user_ioregionfd(iofds->name, iofds->region->nr, write,
+                               offset, size, le64_to_cpu(cmd.data));
+
+    if (unlock) {
+        bql_unlock();
+    }
+    qemu_mutex_lock(&chan->lock);
+    if (chan->failed) {
+        /* Another access's response went missing meanwhile */
+        skipped = true;
+    } else {
+        deadline = qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + iofds->timeout_ms;
+        ret = vfio_user_ioregionfd_xfer(chan->fd, &cmd, sizeof(cmd), true,
+                                        deadline);
+        if (!ret && wait) {
+            ret = vfio_user_ioregionfd_xfer(chan->fd, &resp, sizeof(resp),
+                                            false, deadline);
+        }
+        if (ret < 0) {
+            /*
+             * A late response would be taken for the next one: this
+             * socket is done for, and the server sees it so.
+             */
+            qatomic_set(&chan->failed, true);
+            shutdown(chan->fd, SHUT_RDWR);
+        }
+    }
+    qemu_mutex_unlock(&chan->lock);
+    if (unlock) {
+        bql_lock();
+    }
+    vfio_user_ioregion_chan_unref(chan);
+
+    if (skipped) {
+        return false;
+    }
+    if (ret < 0) {
+        /* The region is still the server's through the socket */
+        error_report("%s: BAR %u ioregionfd at 0x%" PRIx64 " failed: %s; "
+                     "its accesses go through the socket from now on",
+                     iofds->name, iofds->region->nr, entry_offset,
+                     strerror(-ret));
+        *result = ret;
+        return true;
+    }
+    if (!write) {
+        stn_le_p(data, size, le64_to_cpu(resp.data));
+    }
+    *result = size;
+    return true;
 }
 
 bool vfio_user_iofds_write(VFIOUserIOFDs *iofds, VFIOUserProxy *proxy,
@@ -621,9 +741,8 @@ bool vfio_user_iofds_write(VFIOUserIOFDs *iofds, VFIOUserProxy *proxy,
         return false;
     }
     if (e->type == VFIO_USER_IO_FD_TYPE_IOREGIONFD) {
-        *ret = vfio_user_ioregionfd_access(iofds, proxy, e, true, offset,
-                                           size, (void *)data);
-        return true;
+        return vfio_user_ioregionfd_access(iofds, proxy, e, true, offset,
+                                           size, (void *)data, ret);
     }
     if (e->shadow_fd >= 0) {
         trace_vfio_user_iofd_shadow(iofds->name, iofds->region->nr, offset,
@@ -654,7 +773,6 @@ bool vfio_user_iofds_read(VFIOUserIOFDs *iofds, VFIOUserProxy *proxy,
     if (!e) {
         return false;
     }
-    *ret = vfio_user_ioregionfd_access(iofds, proxy, e, false, offset, size,
-                                       data);
-    return true;
+    return vfio_user_ioregionfd_access(iofds, proxy, e, false, offset, size,
+                                       data, ret);
 }

@@ -826,13 +826,17 @@ int vfio_user_request_posted(VFIOUserProxy *proxy, VFIOUserHdr *req,
     return 0;
 }
 
-/* Wait until the server has answered every posted request */
-void vfio_user_flush_posted(VFIOUserProxy *proxy)
+/*
+ * Wait until the server has answered every posted request; with
+ * @release_bql, a vCPU lets the BQL go meanwhile, as for
+ * vfio_user_request_unlocked().
+ */
+void vfio_user_flush_posted(VFIOUserProxy *proxy, bool release_bql)
 {
     Error *err = NULL;
 
     qemu_mutex_lock(&proxy->lock);
-    if (vfio_user_wait_posted_locked(proxy, 0, false, &err) < 0) {
+    if (vfio_user_wait_posted_locked(proxy, 0, release_bql, &err) < 0) {
         trace_vfio_user_flush_failed(proxy->sockname,
                                      error_get_pretty(err));
         error_free(err);
@@ -1003,7 +1007,7 @@ void vfio_user_drop(VFIOUserProxy *proxy, Error *err)
 void vfio_user_disconnect(VFIOUserProxy *proxy)
 {
     /* Let the guest's last writes land, and hear of their failures */
-    vfio_user_flush_posted(proxy);
+    vfio_user_flush_posted(proxy, false);
     WITH_QEMU_LOCK_GUARD(&proxy->lock) {
         qatomic_set(&proxy->connected, false);
     }

@@ -114,7 +114,7 @@ int vfio_user_request_unlocked(VFIOUserProxy *proxy, VFIOUserHdr *req,
                                VFIOUserMsg *reply, Error **errp);
 int vfio_user_request_posted(VFIOUserProxy *proxy, VFIOUserHdr *req,
                              Error **errp);
-void vfio_user_flush_posted(VFIOUserProxy *proxy);
+void vfio_user_flush_posted(VFIOUserProxy *proxy, bool release_bql);
 void vfio_user_add_lost_notifier(VFIOUserProxy *proxy, Notifier *notifier);
 void vfio_user_set_deadline(VFIOUserProxy *proxy, int64_t deadline_ms);
 
