@@ -195,6 +195,8 @@ check: qemu qemu-asan guest
 		"$(REPO)/harness/bql-wait.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/kvm-bql-wait-config kvm config" \
 		"tcg: the same, the vCPU waiting for an ioregionfd's response" \
 		"$(REPO)/harness/bql-wait.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/tcg-bql-wait-ioregionfd tcg ioregionfd" \
+		"tcg: the same, the vCPU masking and unmasking an MSI-X vector (SET_IRQS)" \
+		"$(REPO)/harness/bql-wait.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/tcg-bql-wait-msix tcg msix" \
 		"series: export, git am, checkpatch" \
 		"$(MAKE) -C $(REPO) --no-print-directory check-series" \
 		"fuzz: server messages through check.c, libFuzzer + ASan/UBSan, 60 s" \

@@ -7,7 +7,10 @@
 # the device and prints a tick every 50 ms.  With TARGET ioregionfd, the
 # server asks for the register through an ioregionfd (GET_REGION_IO_FDS),
 # whose wait is iofd.c's rather than the socket's: QEMU's trace of the
-# messages it sends must then show no BAR accesses on the socket.  Once both run, the server is
+# messages it sends must then show no BAR accesses on the socket.  With
+# TARGET msix, the guest also masks and unmasks an MSI-X vector before
+# each pair: hw/vfio's SET_IRQS from the vCPU must not wait for the server
+# with the BQL held either.  Once both run, the server is
 # stopped (SIGSTOP) for 30 s, so that the guest's access in flight waits
 # the whole time.  Meanwhile:
 # - QMP query-status, sent every 100 ms, must answer each time within
@@ -20,8 +23,8 @@
 # go on, and QEMU quit when told.
 #
 # usage: bql-wait.sh QEMU RAW_SERVER GUEST_ELF WORK_DIR [ACCEL [TARGET]]
-#   ACCEL is tcg (default) or kvm; TARGET bar (default), config or
-#   ioregionfd.
+#   ACCEL is tcg (default) or kvm; TARGET bar (default), config,
+#   ioregionfd or msix.
 # Exits 0 on success, 77 (skip) when ACCEL is kvm and KVM is unusable.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
@@ -58,7 +61,12 @@ ioregionfd)
     server_opts=(--iofd 0,ioregionfd,offset=0x10,size=8)
     trace_opts=(-d trace:vfio_user_send -D "$work/trace.log")
     ;;
-*) echo "bql-wait: TARGET is bar, config or ioregionfd, not $target"
+msix)
+    hammer_opt=' hammer=msix'
+    server_opts=(--msix 1)
+    trace_opts=(-d trace:vfio_user_send -D "$work/trace.log")
+    ;;
+*) echo "bql-wait: TARGET is bar, config, ioregionfd or msix, not $target"
    exit 2 ;;
 esac
 case $accel in
@@ -317,6 +325,17 @@ EOF
 
 if [ $rc -ne 0 ]; then
     failed "failed as said above"
+fi
+# The guest's unmasks reached the server: one SET_IRQS (the vector's
+# eventfd) and one unmask for every other pair
+if [ "$target" = msix ]; then
+    pairs=$(grep "^BENCH-GUEST: hammer " "$serial" | tail -n1 |
+            sed 's/.* pairs=\([0-9]*\).*/\1/')
+    set_irqs=$(grep -c "SET_IRQS" "$work/trace.log") || true
+    echo "bql-wait: $label: $pairs pairs, $set_irqs SET_IRQS"
+    if [ "${pairs:-0}" -lt 1000 ] || [ "$set_irqs" -lt "$pairs" ]; then
+        failed "the guest's unmasks did not reach the server"
+    fi
 fi
 # The guest's accesses took the ioregionfd: a handful of BAR accesses on
 # the socket (the guest's set-up) against thousands of pairs

@@ -11,6 +11,7 @@
 
 #include "qemu/osdep.h"
 
+#include "hw/core/cpu.h"
 #include "hw/vfio-user/check.h"
 #include "hw/vfio-user/device.h"
 #include "hw/vfio-user/migration.h"
@@ -456,11 +457,29 @@ static int vfio_user_get_irq_info(VFIODevice *vbasedev,
     return 0;
 }
 
+/*
+ * A vCPU changes the device's interrupt state for the guest (an MSI-X
+ * vector unmasked, MSI enabled in config space, INTx unmasked at EOI):
+ * hw/vfio keeps pointers into its vector state across the request, so the
+ * BQL cannot go while it waits, and a stopped server would stop QEMU with
+ * it.  The request is posted instead: the server takes requests in order,
+ * so whatever the guest does next reaches the device after it, and what
+ * waits for a reply (a BAR read, say) waits for this one first, without
+ * the BQL.  A refusal is reported when it comes, as a kernel's would be by
+ * hw/vfio; nothing in hw/vfio could have undone the guest's change anyway.
+ * Elsewhere (realize, reset, a server that came back) the main loop waits,
+ * and hears of a failure in time to act on it.
+ */
+static bool vfio_user_irqs_posted(void)
+{
+    return current_cpu && bql_locked();
+}
+
 static int vfio_user_send_irq_set(VFIODevice *vbasedev,
                                   struct vfio_irq_set *irq_set,
                                   uint32_t start, uint32_t count,
                                   const void *data, size_t data_len,
-                                  const int *fds, size_t nfds)
+                                  const int *fds, size_t nfds, bool quiet)
 {
     VFIOUserDevice *udev = vfio_user_dev(vbasedev);
     size_t size = sizeof(VFIOUserIRQSet) + data_len;
@@ -477,7 +496,14 @@ static int vfio_user_send_irq_set(VFIODevice *vbasedev,
     if (data_len) {
         memcpy(msg + 1, data, data_len);
     }
-    ret = vfio_user_request(udev->proxy, &msg->hdr, fds, nfds, NULL, &err);
+    if (vfio_user_irqs_posted()) {
+        ret = vfio_user_request_posted(udev->proxy, &msg->hdr, fds, nfds,
+                                       quiet ? VFIO_USER_POSTED_QUIET : 0,
+                                       &err);
+    } else {
+        ret = vfio_user_request(udev->proxy, &msg->hdr, fds, nfds, NULL,
+                                &err);
+    }
     if (ret < 0) {
         return vfio_user_io_failed(vbasedev, ret, err);
     }
@@ -513,7 +539,7 @@ static void vfio_user_unmask_vectors(VFIODevice *vbasedev,
         VFIO_IRQ_SET_ACTION_TRIGGER) {
         return;
     }
-    vfio_user_send_irq_set(vbasedev, &unmask, 0, end, NULL, 0, NULL, 0);
+    vfio_user_send_irq_set(vbasedev, &unmask, 0, end, NULL, 0, NULL, 0, true);
 }
 
 /*
@@ -611,11 +637,12 @@ static int vfio_user_send_irqs(VFIODevice *vbasedev,
     switch (irq_set->flags & VFIO_IRQ_SET_DATA_TYPE_MASK) {
     case VFIO_IRQ_SET_DATA_NONE:
         return vfio_user_send_irq_set(vbasedev, irq_set, irq_set->start,
-                                      irq_set->count, NULL, 0, NULL, 0);
+                                      irq_set->count, NULL, 0, NULL, 0,
+                                      false);
     case VFIO_IRQ_SET_DATA_BOOL:
         return vfio_user_send_irq_set(vbasedev, irq_set, irq_set->start,
                                       irq_set->count, irq_set->data,
-                                      irq_set->count, NULL, 0);
+                                      irq_set->count, NULL, 0, false);
     case VFIO_IRQ_SET_DATA_EVENTFD:
         break;
     default:
@@ -633,7 +660,7 @@ static int vfio_user_send_irqs(VFIODevice *vbasedev,
         }
         ret = vfio_user_send_irq_set(vbasedev, irq_set, irq_set->start + i,
                                      run, NULL, 0, assign ? fds + i : NULL,
-                                     assign ? run : 0);
+                                     assign ? run : 0, false);
         if (ret < 0) {
             return ret;
         }
@@ -817,7 +844,9 @@ static int vfio_user_region_write(VFIODevice *vbasedev, uint8_t index,
         msg->count = count;
         memcpy(msg->data, data + done, count);
         if (posted) {
-            ret = vfio_user_request_posted(udev->proxy, &msg->hdr, &err);
+            ret = vfio_user_request_posted(udev->proxy, &msg->hdr, NULL, 0,
+                                           VFIO_USER_POSTED_RELEASE_BQL,
+                                           &err);
         } else if (unlocked) {
             ret = vfio_user_request_unlocked(udev->proxy, &msg->hdr, NULL,
                                              &err);

@@ -372,14 +372,17 @@ static bool vfio_user_posted_reply(VFIOUserProxy *proxy, VFIOUserMsg *msg)
     const char *name = vfio_user_command_name(msg->hdr->command);
     unsigned int i;
 
+    bool quiet;
+
     for (i = 0; i < proxy->nr_posted; i++) {
-        if (proxy->posted[i] == msg->hdr->id) {
+        if (proxy->posted[i].id == msg->hdr->id) {
             break;
         }
     }
     if (i == proxy->nr_posted) {
         return false;
     }
+    quiet = proxy->posted[i].quiet;
     proxy->nr_posted--;
     memmove(&proxy->posted[i], &proxy->posted[i + 1],
             (proxy->nr_posted - i) * sizeof(proxy->posted[0]));
@@ -390,7 +393,7 @@ static bool vfio_user_posted_reply(VFIOUserProxy *proxy, VFIOUserMsg *msg)
     }
     trace_vfio_user_posted_failed(proxy->sockname, msg->hdr->id, name,
                                   msg->hdr->error_reply);
-    if (!proxy->posted_error_reported) {
+    if (!quiet && !proxy->posted_error_reported) {
         proxy->posted_error_reported = true;
         error_report("vfio-user %s: posted %s (id %u) failed: %s (error %u);"
                      " further failures are only traced", proxy->sockname,
@@ -783,28 +786,37 @@ int vfio_user_request_unlocked(VFIOUserProxy *proxy, VFIOUserHdr *req,
 }
 
 /*
- * Send @req and return without waiting for its reply.  The server handles
- * requests in the order they arrive (the specification's "Command
- * Concurrency"), so anything sent later, whose reply is awaited, is done
- * after it; its reply is matched by id whenever it comes, and a failure
- * is reported then.  Only for requests whose failure the caller could not
- * act on anyway, such as a guest's write to a BAR: when too many are in
- * flight, the BQL goes while waiting, as for vfio_user_request_unlocked().
+ * Send @req with @fds and return without waiting for its reply.  The
+ * server handles requests in the order they arrive (the specification's
+ * "Command Concurrency"), so anything sent later, whose reply is awaited,
+ * is done after it; its reply is matched by id whenever it comes, and a
+ * failure is reported then.  Only for requests whose failure the caller
+ * could not act on anyway, such as a guest's write to a BAR.  When too
+ * many are in flight, this waits, the BQL let go meanwhile with
+ * VFIO_USER_POSTED_RELEASE_BQL as for vfio_user_request_unlocked().
  */
 int vfio_user_request_posted(VFIOUserProxy *proxy, VFIOUserHdr *req,
-                             Error **errp)
+                             const int *fds, size_t nfds,
+                             VFIOUserPostedFlags flags, Error **errp)
 {
     const char *name = vfio_user_command_name(req->command);
+    bool release_bql = flags & VFIO_USER_POSTED_RELEASE_BQL;
     Error *err = NULL;
     int ret;
 
+    if (nfds > proxy->max_send_fds) {
+        error_setg(errp, "vfio-user %s: %s needs %zu fds, the server "
+                   "accepts %u", proxy->sockname, name, nfds,
+                   proxy->max_send_fds);
+        return -E2BIG;
+    }
     qemu_mutex_lock(&proxy->lock);
     if (!proxy->connected) {
         qemu_mutex_unlock(&proxy->lock);
         return vfio_user_request_lost(proxy, name, proxy->next_id, errp);
     }
-    ret = vfio_user_wait_posted_locked(proxy, VFIO_USER_MAX_POSTED - 1, true,
-                                       errp);
+    ret = vfio_user_wait_posted_locked(proxy, VFIO_USER_MAX_POSTED - 1,
+                                       release_bql, errp);
     if (ret < 0) {
         return ret;
     }
@@ -814,10 +826,12 @@ int vfio_user_request_posted(VFIOUserProxy *proxy, VFIOUserHdr *req,
     }
     /* Before it is sent: the reply may come before we look again */
     req->id = proxy->next_id++;
-    proxy->posted[proxy->nr_posted++] = req->id;
+    proxy->posted[proxy->nr_posted].id = req->id;
+    proxy->posted[proxy->nr_posted].quiet = flags & VFIO_USER_POSTED_QUIET;
+    proxy->nr_posted++;
     qemu_mutex_unlock(&proxy->lock);
 
-    ret = vfio_user_send_unlocked(proxy, req, NULL, 0, true, &err);
+    ret = vfio_user_send_unlocked(proxy, req, fds, nfds, release_bql, &err);
     if (ret < 0) {
         error_prepend(&err, "posted %s (id %u): ", name, req->id);
         vfio_user_connection_lost(proxy, err, NULL);

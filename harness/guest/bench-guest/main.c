@@ -10,7 +10,7 @@
  *
  * Command line (-append):
  *   [mode=mmio|msix|hammer] [n=MAX] [budget_ms=MS] [reps=R] [pm=guest]
- *   [hammer=config] [eject=1]
+ *   [hammer=config|msix] [eject=1]
  *
  * mode=mmio (default): rows of 4-byte accesses to
  *   - BAR0 of the raw vfio-user test server (1b36:00f1): the scratch
@@ -41,6 +41,9 @@
  *   server), ejects the device's slot through PIIX4's ACPI PCI hot-plug
  *   registers, as an ACPI guest does, and says so: the device is then
  *   unplugged while that access waits (harness/unplug-race.sh).
+ *   With hammer=msix (the raw server with --msix), the BSP also enables
+ *   MSI-X and masks and unmasks vector 0 in the table before each pair:
+ *   every unmask makes QEMU wire the vector to the server (SET_IRQS).
  *
  * The rows run R times over (reps=R, default 3), in turn, so that a burst
  * of load on the host spoils one pass of a row rather than all of it.
@@ -100,6 +103,11 @@
 #define RAW_STATS_WRITES 0xc00
 #define RAW_STATS_READS 0xc08
 #define RAW_ENTRIES     4               /* run.sh's --iofd order */
+/* Raw test server with --msix: the capability, and the table in BAR2 */
+#define RAW_CFG_MSIX    0x60
+#define RAW_MSIX_TABLE  0x800
+#define MSIX_CTRL_ENABLE 0x8000
+#define MSIX_VEC_MASKED 1
 
 /* edu, BAR0 */
 #define EDU_ID          0x00
@@ -114,6 +122,7 @@
 #define TS_ID           0x56555453u
 
 #define RAW_BAR0        0xe0000000u
+#define RAW_BAR2        0xe0002000u     /* 8 KiB: the MSI-X table's */
 #define EDU_BAR0        0xe0100000u     /* 1 MiB BAR, 1 MiB aligned */
 #define TS_BAR0         0xe0200000u
 #define TS_BAR1         0xe0202000u
@@ -174,6 +183,7 @@ static enum {
 static const char *const mode_names[] = { "mmio", "msix", "hammer" };
 static int pm_force;     /* pm=guest: program the PM base even if set */
 static int hammer_config;   /* hammer=config: config space, not BAR0 */
+static int hammer_msix;     /* hammer=msix: vector 0 masked, unmasked */
 static int hammer_eject;    /* eject=1: the AP ejects a stuck device */
 /* mode=hammer: the BSP's progress, for the AP to see it stuck */
 static volatile uint32_t hammer_done;
@@ -702,6 +712,8 @@ static void parse_cmdline(struct mb_info *mbi)
             pm_force = 1;
         } else if (prefix(s, "hammer=config")) {
             hammer_config = 1;
+        } else if (prefix(s, "hammer=msix")) {
+            hammer_msix = 1;
         } else if (prefix(s, "eject=1")) {
             hammer_eject = 1;
         }
@@ -992,7 +1004,21 @@ static void hammer(void)
         max_n = 1;
     }
     set_bar(raw, 0, RAW_BAR0);
+    if (hammer_msix) {
+        set_bar(raw, 2, RAW_BAR2);
+    }
     enable_device(raw, 0x2);            /* memory space */
+    if (hammer_msix) {
+        uint32_t ctrl = cfg_read(raw >> 3, raw & 7, RAW_CFG_MSIX) >> 16;
+
+        /* Vector 0 at the local APIC, masked (this vCPU never takes it) */
+        mmio_write(RAW_BAR2 + RAW_MSIX_TABLE, LAPIC);
+        mmio_write(RAW_BAR2 + RAW_MSIX_TABLE + 4, 0);
+        mmio_write(RAW_BAR2 + RAW_MSIX_TABLE + 8, 0x40);
+        mmio_write(RAW_BAR2 + RAW_MSIX_TABLE + 12, MSIX_VEC_MASKED);
+        cfg_write16(raw >> 3, raw & 7, RAW_CFG_MSIX + 2,
+                    ctrl | MSIX_CTRL_ENABLE);
+    }
     hammer_write(raw, 0x5a5aa5a5);
     if (hammer_read(raw) != 0x5a5aa5a5) {
         fail("the raw server's scratch register does not hold a value");
@@ -1012,6 +1038,10 @@ static void hammer(void)
             }
             hammer_done = i;
         } else {
+            if (hammer_msix) {
+                mmio_write(RAW_BAR2 + RAW_MSIX_TABLE + 12,
+                           i & 1 ? MSIX_VEC_MASKED : 0);
+            }
             hammer_write(raw, i);
             if (hammer_read(raw) != i) {
                 bad++;

@@ -23,6 +23,17 @@
  */
 #define VFIO_USER_MAX_POSTED       64
 
+/* How vfio_user_request_posted() may wait, and what a refusal means */
+typedef enum VFIOUserPostedFlags {
+    /*
+     * While too many are in flight, a vCPU lets the BQL go: only for a
+     * caller that keeps no device state across the call.
+     */
+    VFIO_USER_POSTED_RELEASE_BQL = 1 << 0,
+    /* The server may refuse it, and that is no error: only traced */
+    VFIO_USER_POSTED_QUIET = 1 << 1,
+} VFIOUserPostedFlags;
+
 typedef struct VFIOUserProxy VFIOUserProxy;
 
 /* A message received from the server; fds are owned by the message */
@@ -77,7 +88,10 @@ struct VFIOUserProxy {
     uint16_t next_id;
     QTAILQ_HEAD(, VFIOUserPending) pending;
     /* Posted requests whose reply has not come yet, oldest first */
-    uint16_t posted[VFIO_USER_MAX_POSTED];
+    struct {
+        uint16_t id;
+        bool quiet;             /* VFIO_USER_POSTED_QUIET */
+    } posted[VFIO_USER_MAX_POSTED];
     unsigned int nr_posted;
     bool posted_error_reported;
     char *lost_reason;          /* set once the connection is lost */
@@ -113,7 +127,8 @@ int vfio_user_request(VFIOUserProxy *proxy, VFIOUserHdr *req,
 int vfio_user_request_unlocked(VFIOUserProxy *proxy, VFIOUserHdr *req,
                                VFIOUserMsg *reply, Error **errp);
 int vfio_user_request_posted(VFIOUserProxy *proxy, VFIOUserHdr *req,
-                             Error **errp);
+                             const int *fds, size_t nfds,
+                             VFIOUserPostedFlags flags, Error **errp);
 void vfio_user_flush_posted(VFIOUserProxy *proxy, bool release_bql);
 void vfio_user_add_lost_notifier(VFIOUserProxy *proxy, Notifier *notifier);
 void vfio_user_set_deadline(VFIOUserProxy *proxy, int64_t deadline_ms);
