@@ -19,6 +19,7 @@
 
 #include "qemu/osdep.h"
 #include <poll.h>
+#include <sys/epoll.h>
 
 #include "hw/vfio-user/proxy.h"
 #include "qapi/error.h"
@@ -470,6 +471,40 @@ static int vfio_user_read_one(VFIOUserProxy *proxy, bool may_block,
 }
 
 /*
+ * While a waiter reads the socket itself, the receive thread need not
+ * watch it: every reply and request that comes meanwhile is the waiter's
+ * to read.  Left watching, it would wake for each of them only to find
+ * the reader's token taken, then wake again when it is given back: two
+ * thread switches per round trip, which on a host with few CPUs cost the
+ * guest as much as the round trip itself.  Taking the socket out of the
+ * thread's epoll set does not wake it; putting it back wakes it if
+ * anything is left to read.
+ */
+static void vfio_user_recv_thread_rest(VFIOUserProxy *proxy, bool rest)
+{
+    struct epoll_event ev = { .events = rest ? 0 : EPOLLIN };
+
+    if (proxy->recv_epfd >= 0) {
+        epoll_ctl(proxy->recv_epfd, EPOLL_CTL_MOD, vfio_user_fd(proxy), &ev);
+    }
+}
+
+/* Wait until the socket has something to read, or is shut down */
+static int vfio_user_recv_thread_wait(VFIOUserProxy *proxy)
+{
+    struct epoll_event ev;
+    int ret;
+
+    if (proxy->recv_epfd < 0) {
+        return vfio_user_wait_io(proxy, POLLIN, INT64_MAX);
+    }
+    do {
+        ret = epoll_wait(proxy->recv_epfd, &ev, 1, -1);
+    } while (ret < 0 && errno == EINTR);
+    return ret < 0 ? -errno : 0;
+}
+
+/*
  * The receive thread reads whatever nobody else is reading: a waiter
  * reads its own reply when it can (a thread switch less on every round
  * trip), else the receive thread hands each reply to the thread waiting
@@ -485,7 +520,7 @@ static void *vfio_user_recv_thread(void *opaque)
         Error *err = NULL;
         int ret;
 
-        ret = vfio_user_wait_io(proxy, POLLIN, INT64_MAX);
+        ret = vfio_user_recv_thread_wait(proxy);
         qemu_mutex_lock(&proxy->lock);
         while (proxy->reading && proxy->connected) {
             qemu_cond_wait(&proxy->cond, &proxy->lock);
@@ -703,6 +738,9 @@ static int vfio_user_exchange(VFIOUserProxy *proxy, VFIOUserHdr *req,
     }
     req->id = pending.id = proxy->next_id++;
     QTAILQ_INSERT_TAIL(&proxy->pending, &pending, next);
+    if (!proxy->self_readers++) {
+        vfio_user_recv_thread_rest(proxy, true);
+    }
     qemu_mutex_unlock(&proxy->lock);
 
     ret = vfio_user_send_unlocked(proxy, req, fds, nfds, release_bql, &err);
@@ -725,6 +763,9 @@ static int vfio_user_exchange(VFIOUserProxy *proxy, VFIOUserHdr *req,
         vfio_user_read_released(proxy, deadline, release_bql);
     }
     QTAILQ_REMOVE(&proxy->pending, &pending, next);
+    if (!--proxy->self_readers) {
+        vfio_user_recv_thread_rest(proxy, false);
+    }
     msg = pending.reply;
     qemu_mutex_unlock(&proxy->lock);
 
@@ -911,7 +952,18 @@ static void vfio_user_start_receiving(VFIOUserProxy *proxy)
 {
     g_autofree char *thread_name = g_strdup_printf("vfio-user-%d",
                                                    vfio_user_fd(proxy));
+    struct epoll_event ev = { .events = EPOLLIN };
 
+    proxy->recv_epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (proxy->recv_epfd < 0 ||
+        epoll_ctl(proxy->recv_epfd, EPOLL_CTL_ADD, vfio_user_fd(proxy),
+                  &ev) < 0) {
+        /* Without it, the thread polls the socket itself */
+        if (proxy->recv_epfd >= 0) {
+            close(proxy->recv_epfd);
+        }
+        proxy->recv_epfd = -1;
+    }
     qemu_thread_create(&proxy->recv_thread, thread_name,
                        vfio_user_recv_thread, proxy, QEMU_THREAD_JOINABLE);
     proxy->receiving = true;
@@ -921,8 +973,14 @@ static void vfio_user_stop_receiving(VFIOUserProxy *proxy)
 {
     if (proxy->receiving) {
         qio_channel_shutdown(proxy->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
+        /* A waiter may have left the thread resting: EOF must wake it */
+        vfio_user_recv_thread_rest(proxy, false);
         qemu_thread_join(&proxy->recv_thread);
         proxy->receiving = false;
+        if (proxy->recv_epfd >= 0) {
+            close(proxy->recv_epfd);
+            proxy->recv_epfd = -1;
+        }
     }
 }
 

@@ -70,6 +70,7 @@ struct VFIOUserProxy {
     bool established;           /* negotiated: the device may be in use */
     QemuThread recv_thread;     /* reads everything the server sends */
     bool receiving;             /* @recv_thread is to be joined */
+    int recv_epfd;              /* what @recv_thread waits on */
 
     /* What the server accepts, from its VERSION reply */
     uint16_t minor;
@@ -87,6 +88,8 @@ struct VFIOUserProxy {
     bool reading;               /* someone reads the socket: one at a time */
     uint16_t next_id;
     QTAILQ_HEAD(, VFIOUserPending) pending;
+    /* Waiters that read the socket themselves: the receive thread rests */
+    unsigned int self_readers;
     /* Posted requests whose reply has not come yet, oldest first */
     struct {
         uint16_t id;
