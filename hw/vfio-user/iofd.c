@@ -50,9 +50,13 @@
  * entries sent on the same socket share it, so that their commands and
  * responses keep in step.  Accesses in flight hold a reference too: they
  * use it without the BQL, and a reset or the server's death may clear
- * the entries meanwhile, which then only drop theirs.
+ * the entries meanwhile, which then only drop theirs.  A channel is in
+ * its region's list for as long as it lives, so that a socket sent again
+ * after a reset, while an access still waits on it, is the same channel.
+ * References are taken and dropped with the BQL held.
  */
 typedef struct VFIOUserIORegionChan {
+    VFIOUserIOFDs *owner;
     int refs;
     int fd;
     dev_t dev;                  /* with ino, tells a socket sent twice */
@@ -271,17 +275,17 @@ static VFIOUserIORegionChan *vfio_user_ioregion_chan_get(VFIOUserIOFDs *iofds,
 {
     VFIOUserIORegionChan *chan;
     struct stat st;
-    unsigned int i;
+    GSList *l;
 
     /* Commands go one way and responses the other */
     if (fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
         error_setg(errp, "its fd is not a socket");
         return NULL;
     }
-    for (i = 0; i < iofds->nr; i++) {
-        chan = iofds->entries[i].chan;
-        if (chan && chan->dev == st.st_dev && chan->ino == st.st_ino) {
-            qatomic_inc(&chan->refs);
+    for (l = iofds->chans; l; l = l->next) {
+        chan = l->data;
+        if (chan->dev == st.st_dev && chan->ino == st.st_ino) {
+            chan->refs++;
             return chan;
         }
     }
@@ -291,17 +295,21 @@ static VFIOUserIORegionChan *vfio_user_ioregion_chan_get(VFIOUserIOFDs *iofds,
         return NULL;
     }
     chan = g_new0(VFIOUserIORegionChan, 1);
+    chan->owner = iofds;
     chan->refs = 1;
     chan->fd = fd;
     chan->dev = st.st_dev;
     chan->ino = st.st_ino;
     qemu_mutex_init(&chan->lock);
+    iofds->chans = g_slist_prepend(iofds->chans, chan);
     return chan;
 }
 
 static void vfio_user_ioregion_chan_unref(VFIOUserIORegionChan *chan)
 {
-    if (chan && qatomic_fetch_dec(&chan->refs) == 1) {
+    assert(bql_locked());
+    if (chan && !--chan->refs) {
+        chan->owner->chans = g_slist_remove(chan->owner->chans, chan);
         close(chan->fd);
         qemu_mutex_destroy(&chan->lock);
         g_free(chan);
@@ -529,6 +537,8 @@ void vfio_user_iofds_free(VFIOUserIOFDs *iofds)
 {
     if (iofds) {
         vfio_user_iofds_clear(iofds);
+        /* No access is in flight once the device is finalized */
+        assert(!iofds->chans);
         g_free(iofds);
     }
 }
@@ -656,6 +666,10 @@ static bool vfio_user_ioregionfd_access(VFIOUserIOFDs *iofds,
      */
     if (wait) {
         vfio_user_flush_posted(proxy, unlock);
+        /* A server that did not answer them is gone: no use waiting again */
+        if (!vfio_user_connected(proxy)) {
+            return false;
+        }
         e = vfio_user_iofds_find(iofds, write, offset, size, data);
         if (!e || e->type != VFIO_USER_IO_FD_TYPE_IOREGIONFD) {
             return false;
@@ -673,7 +687,7 @@ static bool vfio_user_ioregionfd_access(VFIOUserIOFDs *iofds,
     };
     entry_offset = e->offset;
     chan = e->chan;
-    qatomic_inc(&chan->refs);
+    chan->refs++;
     e = NULL;
     trace_vfio_user_ioregionfd(iofds->name, iofds->region->nr, write,
                                offset, size, le64_to_cpu(cmd.data));
