@@ -364,15 +364,15 @@ static int vfio_user_serve_request(VFIOUserProxy *proxy, VFIOUserMsg *req,
 
 /*
  * The reply to a posted request, if @msg is one.  Nobody waits for it; a
- * failure is still worth knowing about, once: a guest that keeps writing
- * to a register the server refuses must not flood the log.  Called with
- * proxy->lock held.
+ * failure is still worth knowing about, once per command: a guest that
+ * keeps writing to a register the server refuses must not flood the log.
+ * Called with proxy->lock held.
  */
 static bool vfio_user_posted_reply(VFIOUserProxy *proxy, VFIOUserMsg *msg)
 {
     const char *name = vfio_user_command_name(msg->hdr->command);
+    uint64_t command_bit = BIT_ULL(MIN(msg->hdr->command, 63));
     unsigned int i;
-
     bool quiet;
 
     for (i = 0; i < proxy->nr_posted; i++) {
@@ -394,13 +394,13 @@ static bool vfio_user_posted_reply(VFIOUserProxy *proxy, VFIOUserMsg *msg)
     }
     trace_vfio_user_posted_failed(proxy->sockname, msg->hdr->id, name,
                                   msg->hdr->error_reply);
-    if (!quiet && !proxy->posted_error_reported) {
-        proxy->posted_error_reported = true;
+    if (!quiet && !(proxy->posted_errors_reported & command_bit)) {
+        proxy->posted_errors_reported |= command_bit;
         error_report("vfio-user %s: posted %s (id %u) failed: %s (error %u);"
-                     " further failures are only traced", proxy->sockname,
-                     name, msg->hdr->id,
+                     " further failures of %s are only traced",
+                     proxy->sockname, name, msg->hdr->id,
                      strerror(-vfio_user_reply_errno(msg->hdr)),
-                     msg->hdr->error_reply);
+                     msg->hdr->error_reply, name);
     }
     return true;
 }
@@ -650,19 +650,33 @@ static void vfio_user_read_released(VFIOUserProxy *proxy,
     qemu_mutex_lock(&proxy->lock);
 }
 
+static bool vfio_user_posted_pending(VFIOUserProxy *proxy,
+                                     unsigned int limit, uint64_t before)
+{
+    if (limit) {
+        return proxy->nr_posted > limit;
+    }
+    /* Oldest first: later ones may keep coming from other vCPUs */
+    return proxy->nr_posted && proxy->posted[0].seq <= before;
+}
+
 /*
  * Wait, with proxy->lock held, until at most @limit posted requests await
- * their reply.  Returns 0, or a negative errno with the link lost (and
- * proxy->lock released, in that case only).
+ * their reply; with @limit 0, until those posted before the call have
+ * theirs (with the BQL let go, other vCPUs may post more meanwhile).
+ * Returns 0, or a negative errno with the link lost (and proxy->lock
+ * released, in that case only).
  */
 static int vfio_user_wait_posted_locked(VFIOUserProxy *proxy,
                                         unsigned int limit, bool release_bql,
                                         Error **errp)
 {
     int64_t deadline = vfio_user_deadline(proxy);
+    uint64_t before = proxy->posted_seq;
     Error *err = NULL;
 
-    while (proxy->connected && proxy->nr_posted > limit) {
+    while (proxy->connected &&
+           vfio_user_posted_pending(proxy, limit, before)) {
         if (qemu_clock_get_ms(QEMU_CLOCK_REALTIME) >= deadline) {
             trace_vfio_user_posted_timeout(proxy->sockname,
                                            proxy->nr_posted);
@@ -868,6 +882,7 @@ int vfio_user_request_posted(VFIOUserProxy *proxy, VFIOUserHdr *req,
     /* Before it is sent: the reply may come before we look again */
     req->id = proxy->next_id++;
     proxy->posted[proxy->nr_posted].id = req->id;
+    proxy->posted[proxy->nr_posted].seq = ++proxy->posted_seq;
     proxy->posted[proxy->nr_posted].quiet = flags & VFIO_USER_POSTED_QUIET;
     proxy->nr_posted++;
     qemu_mutex_unlock(&proxy->lock);
@@ -1055,7 +1070,7 @@ bool vfio_user_reconnect(VFIOUserProxy *proxy, SocketAddress *addr,
         g_free(proxy->lost_reason);
         proxy->lost_reason = NULL;
         proxy->nr_posted = 0;
-        proxy->posted_error_reported = false;
+        proxy->posted_errors_reported = 0;
         /* Until the new server says otherwise */
         proxy->max_send_fds = VFIO_USER_DEF_MAX_FDS;
         proxy->max_xfer_size = VFIO_USER_DEF_MAX_XFER;

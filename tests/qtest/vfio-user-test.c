@@ -1993,7 +1993,7 @@ static void check_failed_writes(bool posted)
     raw_expect_stderr(&r, expect);
     if (posted) {
         raw_expect_stderr(&r, "failed: Input/output error (error 5); further "
-                          "failures are only traced");
+                          "failures of REGION_WRITE are only traced");
     }
     g_assert_cmpint(n, ==, posted ? 1 : 3);
     raw_dev_stop(&r);

@@ -94,9 +94,11 @@ struct VFIOUserProxy {
     struct {
         uint16_t id;
         bool quiet;             /* VFIO_USER_POSTED_QUIET */
+        uint64_t seq;           /* in the order they were posted */
     } posted[VFIO_USER_MAX_POSTED];
+    uint64_t posted_seq;        /* the last one posted */
     unsigned int nr_posted;
-    bool posted_error_reported;
+    uint64_t posted_errors_reported;    /* by command: once each */
     char *lost_reason;          /* set once the connection is lost */
 
     QemuMutex send_lock;        /* one message at a time on the socket */
