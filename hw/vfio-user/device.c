@@ -459,20 +459,33 @@ static int vfio_user_get_irq_info(VFIODevice *vbasedev,
 
 /*
  * A vCPU changes the device's interrupt state for the guest (an MSI-X
- * vector unmasked, MSI enabled in config space, INTx unmasked at EOI):
- * hw/vfio keeps pointers into its vector state across the request, so the
- * BQL cannot go while it waits, and a stopped server would stop QEMU with
- * it.  The request is posted instead: the server takes requests in order,
- * so whatever the guest does next reaches the device after it, and what
+ * vector unmasked or MSI-X enabled, INTx unmasked at EOI): hw/vfio keeps
+ * pointers into its vector state across the request, so the BQL cannot
+ * go while it waits, and a stopped server would stop QEMU with it.  Such
+ * a request is posted instead: the server takes requests in order, so
+ * whatever the guest does next reaches the device after it, and what
  * waits for a reply (a BAR read, say) waits for this one first, without
- * the BQL.  A refusal is reported when it comes, as a kernel's would be by
- * hw/vfio; nothing in hw/vfio could have undone the guest's change anyway.
- * Elsewhere (realize, reset, a server that came back) the main loop waits,
- * and hears of a failure in time to act on it.
+ * the BQL.  A refusal is reported when it comes.  On these paths hw/vfio
+ * does nothing with a failure but report it, so nothing is lost; where it
+ * acts on one (enabling MSI, which it turns off again; wiring INTx to
+ * KVM, which falls back to QEMU's own INTx handling) the request still
+ * waits, as it does in the main loop (realize, reset, reconnection).
  */
-static bool vfio_user_irqs_posted(void)
+static bool vfio_user_irqs_posted(const struct vfio_irq_set *irq_set)
 {
-    return current_cpu && bql_locked();
+    if (!current_cpu || !bql_locked()) {
+        return false;
+    }
+    switch (irq_set->index) {
+    case VFIO_PCI_MSIX_IRQ_INDEX:
+        return true;
+    case VFIO_PCI_INTX_IRQ_INDEX:
+        return (irq_set->flags & VFIO_IRQ_SET_DATA_TYPE_MASK) ==
+               VFIO_IRQ_SET_DATA_NONE &&
+               (irq_set->flags & VFIO_IRQ_SET_ACTION_UNMASK);
+    default:
+        return false;
+    }
 }
 
 static int vfio_user_send_irq_set(VFIODevice *vbasedev,
@@ -496,7 +509,7 @@ static int vfio_user_send_irq_set(VFIODevice *vbasedev,
     if (data_len) {
         memcpy(msg + 1, data, data_len);
     }
-    if (vfio_user_irqs_posted()) {
+    if (vfio_user_irqs_posted(irq_set)) {
         ret = vfio_user_request_posted(udev->proxy, &msg->hdr, fds, nfds,
                                        quiet ? VFIO_USER_POSTED_QUIET : 0,
                                        &err);
