@@ -63,7 +63,8 @@ ioregionfd)
     ;;
 msix)
     hammer_opt=' hammer=msix'
-    server_opts=(--msix 1)
+    # Stopped on a SET_IRQS, not wherever the guest happens to be
+    server_opts=(--msix 1 --stop-on-set-irqs)
     trace_opts=(-d trace:vfio_user_send -D "$work/trace.log")
     ;;
 *) echo "bql-wait: TARGET is bar, config, ioregionfd or msix, not $target"
@@ -163,12 +164,12 @@ fi
 # QMP, so that the window starts where the server stops
 rc=0
 python3 - "$work/qmp" "$serial" "$server" "$window_s" "$probe_ms" \
-    "$min_ticks" "$label" <<'EOF' || rc=$?
+    "$min_ticks" "$label" "$target" <<'EOF' || rc=$?
 import json, os, re, signal, socket, statistics, sys, time
 
 qmp_path, serial, server = sys.argv[1], sys.argv[2], int(sys.argv[3])
 window_s, probe_ms, min_ticks = map(int, sys.argv[4:7])
-accel = sys.argv[7]
+accel, target = sys.argv[7], sys.argv[8]
 # However long the BQL is held, a reply is waited for at most this long
 REPLY_CAP_S = window_s + 30
 # The guest's accesses resume within this long once the server continues
@@ -218,6 +219,11 @@ def serial_lines(start):
     return data.decode(errors="replace").splitlines(), start + len(data)
 
 
+def stopped(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
 def lines_of(lines, what):
     return [l for l in lines if l.startswith(f"BENCH-GUEST: {what} ")]
 
@@ -232,7 +238,18 @@ def main():
     # The window: the server stopped, a probe every probe_ms (at once
     # after a slow one, but no burst to catch up)
     pre, offset = serial_lines(0)
-    os.kill(server, signal.SIGSTOP)
+    if target == "msix":
+        # The server stops itself on the next SET_IRQS: the guest's
+        # unmask is the request in flight
+        os.kill(server, signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while not stopped(server):
+            if time.monotonic() > deadline:
+                print("bql-wait: the server did not stop on a SET_IRQS")
+                return 1
+            time.sleep(0.001)
+    else:
+        os.kill(server, signal.SIGSTOP)
     t_start = time.monotonic()
     lat = []
     stalled = False

@@ -67,7 +67,7 @@
  *            [--log FILE] [--migration stop-copy|pre-copy]
  *            [--mig-fault NAME] [--mig-extra-kib N] [--mig-seed N]
  *            [--dma-logging] [--dma-fill KIB] [--dma-fill-precopy]
- *            [--msix N] SOCKET_PATH
+ *            [--msix N] [--stop-on-set-irqs] SOCKET_PATH
  * Serves one client after another until killed.
  *   --iofd REGION,TYPE[,KEY=VALUE]...  an io fd entry of BAR REGION (0-2);
  *       TYPE ioeventfd (wire type 0), ioregionfd (1) or shadow (2).
@@ -133,6 +133,9 @@
  *   --msix N  an MSI-X capability (at 0x60) with N vectors (16 at most),
  *       the table at 0x800 and the PBA at 0xc00 of BAR2; a write of 4
  *       bytes to BAR0 at 0x7f0 signals the eventfd of the vector written.
+ *   --stop-on-set-irqs  once sent SIGUSR1, stop (SIGSTOP ourselves) on
+ *       the next DEVICE_SET_IRQS, before answering it: a client that waits
+ *       for the reply waits from then on, until SIGCONT.
  * Bad options exit with status 2.
  *
  * Before each message from the client, the server reads every io fd: the
@@ -1464,6 +1467,15 @@ static void msix_fire(uint64_t vector)
     }
 }
 
+/* --stop-on-set-irqs: SIGUSR1 arms it */
+static bool stop_on_set_irqs;
+static volatile sig_atomic_t stop_armed;
+
+static void arm_stop(int sig)
+{
+    stop_armed = 1;
+}
+
 static int handle_set_irqs(struct exchange *x)
 {
     uint32_t flags = rd32(x->req + 4);
@@ -1473,6 +1485,11 @@ static int handle_set_irqs(struct exchange *x)
 
     log_event("set_irqs index %u flags 0x%x start %u count %u fds %zu",
               index, flags, start, count, x->nfds);
+    if (stop_armed) {
+        stop_armed = 0;
+        log_event("stopped on set_irqs");
+        raise(SIGSTOP);
+    }
     if (index >= NR_IRQS) {
         return -EINVAL;
     }
@@ -3573,6 +3590,7 @@ int main(int argc, char **argv)
         { "dma-fill", required_argument, NULL, 'D' },
         { "msix", required_argument, NULL, 'X' },
         { "dma-fill-precopy", no_argument, NULL, 'P' },
+        { "stop-on-set-irqs", no_argument, NULL, 'T' },
         { NULL, 0, NULL, 0 },
     };
     uint64_t mig_extra_kib = 0, mig_seed = 0;
@@ -3664,6 +3682,9 @@ int main(int argc, char **argv)
         case 'X':
             msix_vectors = parse_number("--msix", optarg, MAX_MSIX);
             break;
+        case 'T':
+            stop_on_set_irqs = true;
+            break;
         default:
             usage_error("unknown option");
         }
@@ -3680,6 +3701,12 @@ int main(int argc, char **argv)
 
     /* A client that drops us must not kill us: we serve the next one */
     signal(SIGPIPE, SIG_IGN);
+    if (stop_on_set_irqs) {
+        struct sigaction sa = { .sa_handler = arm_stop,
+                                .sa_flags = SA_RESTART };
+
+        sigaction(SIGUSR1, &sa, NULL);
+    }
     /* A test that dies (or times out) must not leave us behind */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     /* Sealed, as a server should: the client may map it */
