@@ -197,6 +197,10 @@ check: qemu qemu-asan guest
 		"$(REPO)/harness/bql-wait.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/tcg-bql-wait-ioregionfd tcg ioregionfd" \
 		"tcg: the same, the vCPU masking and unmasking an MSI-X vector (SET_IRQS)" \
 		"$(REPO)/harness/bql-wait.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/tcg-bql-wait-msix tcg msix" \
+		"tcg: a VM migrated while its guest drives the device and takes MSI-X" \
+		"$(REPO)/harness/migrate-guest.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/tcg-migrate-guest tcg" \
+		"kvm: the same under KVM (MSI-X through the destination's irqfd)" \
+		"$(REPO)/harness/migrate-guest.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/kvm-migrate-guest kvm" \
 		"series: export, git am, checkpatch" \
 		"$(MAKE) -C $(REPO) --no-print-directory check-series" \
 		"fuzz: server messages through check.c, libFuzzer + ASan/UBSan, 60 s" \

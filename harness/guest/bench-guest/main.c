@@ -9,7 +9,7 @@
  * stops touching its device, beside a vCPU that never touches it.
  *
  * Command line (-append):
- *   [mode=mmio|msix|hammer] [n=MAX] [budget_ms=MS] [reps=R] [pm=guest]
+ *   [mode=mmio|msix|hammer|migrate] [n=MAX] [budget_ms=MS] [reps=R] [pm=guest]
  *   [hammer=config|msix] [eject=1]
  *
  * mode=mmio (default): rows of 4-byte accesses to
@@ -179,8 +179,11 @@ static enum {
     MODE_MMIO,
     MODE_MSIX,
     MODE_HAMMER,
+    MODE_MIGRATE,
 } mode;
-static const char *const mode_names[] = { "mmio", "msix", "hammer" };
+static const char *const mode_names[] = {
+    "mmio", "msix", "hammer", "migrate"
+};
 static int pm_force;     /* pm=guest: program the PM base even if set */
 static int hammer_config;   /* hammer=config: config space, not BAR0 */
 static int hammer_msix;     /* hammer=msix: vector 0 masked, unmasked */
@@ -708,6 +711,8 @@ static void parse_cmdline(struct mb_info *mbi)
             mode = MODE_MSIX;
         } else if (prefix(s, "mode=hammer")) {
             mode = MODE_HAMMER;
+        } else if (prefix(s, "mode=migrate")) {
+            mode = MODE_MIGRATE;
         } else if (prefix(s, "pm=guest")) {
             pm_force = 1;
         } else if (prefix(s, "hammer=config")) {
@@ -819,21 +824,15 @@ static void set_gate(int v, void (*fn)(void))
     idt[v].type = 0x8e;                 /* present, ring 0, interrupt gate */
 }
 
-static void msix_rows(void)
+/* IRQ_VECTOR counts in irq_count; the 8259s masked, the local APIC on */
+static void idt_setup(void)
 {
     struct {
         uint16_t limit;
         uint32_t base;
     } __attribute__((packed)) idtr = { sizeof(idt) - 1, (uint32_t)idt };
-    int ts = pci_find(TS_VENDOR, TS_DEVICE);
-    int dev, fn, v;
-    uint32_t cap, table;
+    int v;
 
-    if (ts < 0) {
-        fail("no libvfio-user test server (1b36:00f0) on the bus");
-    }
-    dev = ts >> 3;
-    fn = ts & 7;
     for (v = 0; v < 256; v++) {
         set_gate(v, fault_entry);
     }
@@ -842,6 +841,20 @@ static void msix_rows(void)
     outb(0x21, 0xff);                   /* mask both 8259s */
     outb(0xa1, 0xff);
     mmio_write(LAPIC + LAPIC_SVR, 0x1ff); /* APIC on, spurious vector 0xff */
+}
+
+static void msix_rows(void)
+{
+    int ts = pci_find(TS_VENDOR, TS_DEVICE);
+    int dev, fn;
+    uint32_t cap, table;
+
+    if (ts < 0) {
+        fail("no libvfio-user test server (1b36:00f0) on the bus");
+    }
+    dev = ts >> 3;
+    fn = ts & 7;
+    idt_setup();
 
     set_bar(ts, 0, TS_BAR0);
     set_bar(ts, 1, TS_BAR1);
@@ -1058,6 +1071,84 @@ static void hammer(void)
     }
 }
 
+/*
+ * mode=migrate: a driver that keeps using the raw server's device (with
+ * --msix) while the host migrates the VM.  It leaves a value in one
+ * register (MIG_STICKY), then for ever writes a counter to another and
+ * reads it back, checks the first, and has the device raise MSI-X vector
+ * 0, waiting for the interrupt; an interrupt that has not come after
+ * MIG_REFIRE_MS is asked for again (one raised as the VM stops may be
+ * lost on the way, as on real hardware), and counted.  A line every n
+ * rounds; after a migration the destination's serial port has them.
+ */
+#define RAW_MIG_STICKY  0x018
+#define RAW_MSIX_FIRE   0x7f0
+#define MIG_STICKY      0xc0ffee42u
+#define MIG_REFIRE_MS   500
+
+static void migrate_loop(void)
+{
+    int raw = pci_find(RAW_VENDOR, RAW_DEVICE);
+    uint32_t ctrl, i, bad = 0, refires = 0;
+    uint64_t wait = (uint64_t)tsc_khz * MIG_REFIRE_MS;
+
+    if (raw < 0) {
+        fail("no raw test server (1b36:00f1) on the bus");
+    }
+    if (!max_n) {
+        max_n = 1;
+    }
+    idt_setup();
+    set_bar(raw, 0, RAW_BAR0);
+    set_bar(raw, 2, RAW_BAR2);
+    enable_device(raw, 0x6);            /* memory space, bus master */
+    if ((cfg_read(raw >> 3, raw & 7, RAW_CFG_MSIX) & 0xff) != 0x11) {
+        fail("no MSI-X capability at 0x60 (run the server with --msix)");
+    }
+    mmio_write(RAW_BAR2 + RAW_MSIX_TABLE, LAPIC);
+    mmio_write(RAW_BAR2 + RAW_MSIX_TABLE + 4, 0);
+    mmio_write(RAW_BAR2 + RAW_MSIX_TABLE + 8, IRQ_VECTOR);
+    mmio_write(RAW_BAR2 + RAW_MSIX_TABLE + 12, 0);
+    ctrl = cfg_read(raw >> 3, raw & 7, RAW_CFG_MSIX) >> 16;
+    cfg_write16(raw >> 3, raw & 7, RAW_CFG_MSIX + 2,
+                ctrl | MSIX_CTRL_ENABLE);
+    __asm__ volatile("sti");
+    mmio_write(RAW_BAR0 + RAW_MIG_STICKY, MIG_STICKY);
+
+    for (i = 1;; i++) {
+        uint32_t want = irq_count + 1;
+        uint64_t since = rdtsc();
+
+        mmio_write(RAW_BAR0 + RAW_SCRATCH, i);
+        if (mmio_read(RAW_BAR0 + RAW_SCRATCH) != i ||
+            mmio_read(RAW_BAR0 + RAW_MIG_STICKY) != MIG_STICKY) {
+            bad++;
+        }
+        mmio_write(RAW_BAR0 + RAW_MSIX_FIRE, 0);
+        while (irq_count < want) {
+            uint64_t now = rdtsc();
+
+            /* The TSC may jump either way across a migration */
+            if (now < since) {
+                since = now;
+            } else if (now - since > wait) {
+                refires++;
+                mmio_write(RAW_BAR0 + RAW_MSIX_FIRE, 0);
+                since = now;
+            }
+            __asm__ volatile("pause");
+        }
+        if (i % max_n == 0) {
+            puts_serial("BENCH-GUEST: migrate");
+            kv("rounds", i);
+            kv("bad", bad);
+            kv("refires", refires);
+            kv("irqs", irq_count);
+            puts_serial("\n");
+        }
+    }
+}
+
 void bench_main(struct mb_info *mbi)
 {
     parse_cmdline(mbi);
@@ -1083,6 +1174,9 @@ void bench_main(struct mb_info *mbi)
         break;
     case MODE_HAMMER:
         hammer();                       /* does not return */
+        break;
+    case MODE_MIGRATE:
+        migrate_loop();                 /* does not return */
         break;
     }
     finish();
