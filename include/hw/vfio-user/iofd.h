@@ -22,8 +22,8 @@ typedef struct VFIOUserIOFDs {
     unsigned int *budget;       /* entries the device may still take */
     VFIOUserIOFD *entries;
     unsigned int nr;
-    GSList *chans;              /* ioregionfd sockets in use, by entries or
-                                 * by accesses in flight */
+    /* ioregionfd sockets in use, by entries or by accesses in flight */
+    GSList *chans;
     /* Some entries need vfio_user_iofds_write() or _read() to see accesses */
     bool intercept;
     /* What the server sends was reported once; after a reset it is traced */
