@@ -1,7 +1,7 @@
 #!/bin/bash
 # Check the exported series: it applies with git am onto the pristine base,
 # the result is what was built and tested (TREE), and QEMU's checkpatch.pl
-# finds no errors in it.
+# finds no errors and no warnings in it.
 #
 # usage: check-series.sh PRISTINE TREE SERIES_DIR
 #
@@ -42,7 +42,7 @@ if ! ./scripts/checkpatch.pl "$series"/[0-9][0-9][0-9][0-9]-*.patch \
 fi
 grep -E '^(ERROR|WARNING)|^total:|has no obvious style problems|has style problems' \
     "$work/checkpatch.log" || true
-if grep -q '^ERROR' "$work/checkpatch.log"; then
+if grep -q '^\(ERROR\|WARNING\)' "$work/checkpatch.log"; then
     status=1
 fi
 exit $status
