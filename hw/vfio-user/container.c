@@ -233,9 +233,39 @@ static bool vfio_user_dma_allowed(VFIOUserContainer *container,
 }
 
 /*
- * Serve DMA_READ/DMA_WRITE, in the connection's receive thread: only
- * within what was mapped, never more than we announced we accept.  Guest
- * RAM is reached without the BQL (address_space_rw() takes it for MMIO).
+ * Whether all of [@addr, @addr + @count) is memory that address_space_rw()
+ * reaches directly, without the BQL: guest RAM.  What else the memory
+ * listener maps (another device's BAR, mapped for peer-to-peer DMA) it
+ * reaches as MMIO, with the BQL: a request served by the receive thread
+ * would wait for it while whoever holds it may wait for a reply that the
+ * server sends only once its request is served.  (The memory map changes
+ * only with the BQL held; one that changes between this check and the
+ * access makes the access take it, no worse than before.)
+ */
+static bool vfio_user_dma_is_ram(AddressSpace *as, uint64_t addr,
+                                 uint64_t count, bool write)
+{
+    RCU_READ_LOCK_GUARD();
+    while (count) {
+        hwaddr len = count, xlat;
+        MemoryRegion *mr;
+
+        mr = address_space_translate(as, addr, &xlat, &len, write,
+                                     MEMTXATTRS_UNSPECIFIED);
+        if (!len || !memory_access_is_direct(mr, write,
+                                             MEMTXATTRS_UNSPECIFIED)) {
+            return false;
+        }
+        addr += len;
+        count -= len;
+    }
+    return true;
+}
+
+/*
+ * Serve DMA_READ/DMA_WRITE, in the connection's receive thread (or a
+ * waiter's): only within what was mapped, never more than we announced
+ * we accept, and only to guest RAM, which is reached without the BQL.
  */
 static VFIOUserHdr *vfio_user_dma_rw(VFIOUserContainer *container,
                                      VFIOUserMsg *req, uint32_t *error)
@@ -257,6 +287,12 @@ static VFIOUserHdr *vfio_user_dma_rw(VFIOUserContainer *container,
     if (!vfio_user_dma_allowed(container, rw->offset, rw->count, write)) {
         trace_vfio_user_dma_denied(container->proxy->sockname, rw->offset,
                                    rw->count);
+        *error = EFAULT;
+        return NULL;
+    }
+    if (!vfio_user_dma_is_ram(as, rw->offset, rw->count, write)) {
+        trace_vfio_user_dma_not_ram(container->proxy->sockname, rw->offset,
+                                    rw->count);
         *error = EFAULT;
         return NULL;
     }

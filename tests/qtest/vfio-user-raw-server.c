@@ -67,7 +67,7 @@
  *            [--log FILE] [--migration stop-copy|pre-copy]
  *            [--mig-fault NAME] [--mig-extra-kib N] [--mig-seed N]
  *            [--dma-logging] [--dma-fill KIB] [--dma-fill-precopy]
- *            [--msix N] [--stop-on-set-irqs] SOCKET_PATH
+ *            [--msix N] [--dma-probe] [--stop-on-set-irqs] SOCKET_PATH
  * Serves one client after another until killed.
  *   --iofd REGION,TYPE[,KEY=VALUE]...  an io fd entry of BAR REGION (0-2);
  *       TYPE ioeventfd (wire type 0), ioregionfd (1) or shadow (2).
@@ -133,6 +133,9 @@
  *   --msix N  an MSI-X capability (at 0x60) with N vectors (16 at most),
  *       the table at 0x800 and the PBA at 0xc00 of BAR2; a write of 4
  *       bytes to BAR0 at 0x7f0 signals the eventfd of the vector written.
+ *   --dma-probe  a write of 8 bytes to BAR0 at 0x7e8 makes the server
+ *       DMA_READ 8 bytes at the address written (its log says how the
+ *       client answered).
  *   --stop-on-set-irqs  once sent SIGUSR1, stop (SIGSTOP ourselves) on
  *       the next DEVICE_SET_IRQS, before answering it: a client that waits
  *       for the reply waits from then on, until SIGCONT.
@@ -351,10 +354,14 @@ static const struct misbehaviour *misbehaviour;
  * else with DMA_WRITE messages, which only the client can log.
  */
 #define FILL_REG            0x7f8
+#define DMA_PROBE_REG       0x7e8       /* --dma-probe */
+static bool dma_probe;
 #define DMA_FILL_CHUNK      4096
 static uint64_t dma_fill_size;
 static bool dma_fill_precopy;       /* fill on each PRE_COPY iteration */
 static void dma_fill(uint64_t seed);
+static bool send_dma(uint16_t command, uint32_t flags, uint64_t addr,
+                     uint64_t count, bool quiet);
 
 /* The guest memory the client mapped (DMA_MAP), for our DMA requests */
 #define MAX_DMA_MAPS        64
@@ -1563,6 +1570,9 @@ static int handle_region_rw(struct exchange *x)
     }
     if (msix_vectors && region == 0 && offset == MSIX_FIRE_REG && count == 4) {
         msix_fire(rd32(x->req + 16));
+    }
+    if (dma_probe && region == 0 && offset == DMA_PROBE_REG && count == 8) {
+        send_dma(VU_DMA_READ, 0, rd64(x->req + 16), 8, false);
     }
     stat_add64(ST_WRITES, 1);
     stat_set64(ST_WR_OFFSET, offset);
@@ -3591,6 +3601,7 @@ int main(int argc, char **argv)
         { "msix", required_argument, NULL, 'X' },
         { "dma-fill-precopy", no_argument, NULL, 'P' },
         { "stop-on-set-irqs", no_argument, NULL, 'T' },
+        { "dma-probe", no_argument, NULL, 'R' },
         { NULL, 0, NULL, 0 },
     };
     uint64_t mig_extra_kib = 0, mig_seed = 0;
@@ -3684,6 +3695,9 @@ int main(int argc, char **argv)
             break;
         case 'T':
             stop_on_set_irqs = true;
+            break;
+        case 'R':
+            dma_probe = true;
             break;
         default:
             usage_error("unknown option");

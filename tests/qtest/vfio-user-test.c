@@ -1999,6 +1999,101 @@ static void check_failed_writes(bool posted)
     raw_dev_stop(&r);
 }
 
+/*
+ * Wait up to 5 s for a line of the server's log that starts with @prefix
+ * and contains @part; returns it (g_free()), or NULL.
+ */
+static char *raw_log_wait(RawDev *r, const char *prefix, const char *part)
+{
+    int i, j;
+
+    for (i = 0; i < 500; i++) {
+        g_autofree char *log = NULL;
+        g_auto(GStrv) lines = NULL;
+
+        g_assert_true(g_file_get_contents(r->log, &log, NULL, NULL));
+        lines = g_strsplit(log, "\n", -1);
+        for (j = 0; lines[j]; j++) {
+            if (g_str_has_prefix(lines[j], prefix) &&
+                strstr(lines[j], part)) {
+                return g_strdup(lines[j]);
+            }
+        }
+        g_usleep(10 * 1000);
+    }
+    return NULL;
+}
+
+/*
+ * DMA by message reaches guest RAM only.  A second vfio-user device (a
+ * raw server of its own, at slot 6) has the mmap()ed page of its BAR2
+ * mapped into guest memory, which the first device's memory listener
+ * maps for DMA (peer to peer, without an fd: by message).  Served, such
+ * a DMA_READ would be an MMIO access that takes the BQL in the receive
+ * thread; it is refused with EFAULT, while one to guest RAM is served.
+ */
+static void test_raw_dma_p2p(void)
+{
+    static const char *const args[] = { "--dma-probe", NULL };
+    g_autofree char *dir = g_dir_make_tmp("vfio-user-p2p-XXXXXX", NULL);
+    g_autofree char *peer_log = g_build_filename(dir, "peer.log", NULL);
+    g_autofree char *opts = NULL;
+    g_autofree char *line = NULL;
+    g_autofree char *want = NULL;
+    TestServer *peer;
+    QPCIDevice *pdev;
+    QPCIBar pbar2;
+    uint64_t page;
+    RawDev r;
+
+    peer = raw_server_start(peer_log, NULL);
+    if (!peer) {
+        return;
+    }
+    opts = g_strdup_printf("-device vfio-user-pci,socket=%s,addr=6",
+                           peer->sock);
+    if (!raw_dev_launch(&r, "", opts, args)) {
+        server_stop(peer);
+        return;
+    }
+    raw_dev_attach(&r);
+    pdev = qpci_device_find(r.bus, QPCI_DEVFN(6, 0));
+    g_assert_nonnull(pdev);
+    qpci_device_enable(pdev);
+    pbar2 = qpci_iomap(pdev, 2, NULL);
+    /* BAR2's second page is the mmap()ed one (the raw server's memfd) */
+    page = pbar2.addr + 0x1000;
+    qpci_io_writel(pdev, pbar2, 0x1000, 0x600dcafe);
+    want = g_strdup_printf("dma_map iova 0x%" PRIx64 " size 0x1000 fds 0",
+                           page);
+    line = raw_log_wait(&r, want, "");
+    g_assert_nonnull(line);
+    g_clear_pointer(&line, g_free);
+
+    /* Guest RAM: served */
+    qtest_writeq(r.qts, 0x100000, 0x1234567890abcdefULL);
+    qpci_io_writeq(r.dev, r.bar0, 0x7e8, 0x100000);
+    line = raw_log_wait(&r, "reply to DMA_READ id ", ": ok data ");
+    g_assert_nonnull(line);
+    g_assert_nonnull(strstr(line, "ok data 0x1234567890abcdef"));
+    g_clear_pointer(&line, g_free);
+
+    /* The peer's BAR: refused, and the device goes on */
+    qpci_io_writeq(r.dev, r.bar0, 0x7e8, page);
+    line = raw_log_wait(&r, "reply to DMA_READ id ", ": error ");
+    g_assert_nonnull(line);
+    g_assert_nonnull(strstr(line, ": error 14"));
+    g_assert_cmphex(qpci_io_readl(pdev, pbar2, 0x1000), ==, 0x600dcafe);
+    qpci_io_writel(r.dev, r.bar0, 0x40, 0x5a5a);
+    g_assert_cmphex(qpci_io_readl(r.dev, r.bar0, 0x40), ==, 0x5a5a);
+
+    g_free(pdev);
+    raw_dev_stop(&r);
+    server_stop(peer);
+    unlink(peer_log);
+    rmdir(dir);
+}
+
 static void test_raw_failed_writes(void)
 {
     check_failed_writes(true);
@@ -3672,6 +3767,7 @@ int main(int argc, char **argv)
                    test_raw_posted_writes);
     qtest_add_func("/vfio-user/raw-server/failed-writes",
                    test_raw_failed_writes);
+    qtest_add_func("/vfio-user/raw-server/dma-p2p", test_raw_dma_p2p);
     add_hostile_tests();
     add_migration_tests();
     qtest_add_func("/vfio-user/error/no-socket", test_error_no_socket);
