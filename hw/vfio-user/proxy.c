@@ -484,8 +484,13 @@ static void vfio_user_recv_thread_rest(VFIOUserProxy *proxy, bool rest)
 {
     struct epoll_event ev = { .events = rest ? 0 : EPOLLIN };
 
-    if (proxy->recv_epfd >= 0) {
-        epoll_ctl(proxy->recv_epfd, EPOLL_CTL_MOD, vfio_user_fd(proxy), &ev);
+    if (proxy->recv_epfd >= 0 &&
+        epoll_ctl(proxy->recv_epfd, EPOLL_CTL_MOD, vfio_user_fd(proxy),
+                  &ev) < 0) {
+        /* Only waiters would read the socket from now on */
+        error_report_once("vfio-user %s: cannot %s the receive thread: %s",
+                          proxy->sockname, rest ? "rest" : "wake",
+                          strerror(errno));
     }
 }
 
@@ -516,6 +521,8 @@ static void *vfio_user_recv_thread(void *opaque)
 {
     VFIOUserProxy *proxy = opaque;
 
+    /* DMA by message reads and writes guest memory under RCU */
+    rcu_register_thread();
     for (;;) {
         Error *err = NULL;
         int ret;
@@ -527,7 +534,7 @@ static void *vfio_user_recv_thread(void *opaque)
         }
         if (!proxy->connected) {
             qemu_mutex_unlock(&proxy->lock);
-            return NULL;
+            break;
         }
         proxy->reading = true;
         qemu_mutex_unlock(&proxy->lock);
@@ -546,9 +553,11 @@ static void *vfio_user_recv_thread(void *opaque)
         if (ret < 0 && ret != -EAGAIN) {
             /* If the link was shut down on purpose, that is old news */
             vfio_user_connection_lost(proxy, err, NULL);
-            return NULL;
+            break;
         }
     }
+    rcu_unregister_thread();
+    return NULL;
 }
 
 /*
@@ -688,7 +697,15 @@ static int vfio_user_wait_posted_locked(VFIOUserProxy *proxy,
                        proxy->lost_reason);
             return -ETIMEDOUT;
         }
-        vfio_user_wait(proxy, deadline, release_bql);
+        /*
+         * Read the replies when nobody else does: the receive thread may
+         * be resting for a waiter that now waits for the BQL we hold.
+         */
+        if (proxy->reading) {
+            vfio_user_wait(proxy, deadline, release_bql);
+        } else {
+            vfio_user_read_released(proxy, deadline, release_bql);
+        }
     }
     return 0;
 }
@@ -968,16 +985,16 @@ static void vfio_user_start_receiving(VFIOUserProxy *proxy)
     g_autofree char *thread_name = g_strdup_printf("vfio-user-%d",
                                                    vfio_user_fd(proxy));
     struct epoll_event ev = { .events = EPOLLIN };
+    int epfd = epoll_create1(EPOLL_CLOEXEC);
 
-    proxy->recv_epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (proxy->recv_epfd < 0 ||
-        epoll_ctl(proxy->recv_epfd, EPOLL_CTL_ADD, vfio_user_fd(proxy),
-                  &ev) < 0) {
-        /* Without it, the thread polls the socket itself */
-        if (proxy->recv_epfd >= 0) {
-            close(proxy->recv_epfd);
-        }
-        proxy->recv_epfd = -1;
+    if (epfd >= 0 &&
+        epoll_ctl(epfd, EPOLL_CTL_ADD, vfio_user_fd(proxy), &ev) < 0) {
+        close(epfd);
+        epfd = -1;
+    }
+    /* Without it, the thread polls the socket itself, and never rests */
+    WITH_QEMU_LOCK_GUARD(&proxy->lock) {
+        proxy->recv_epfd = epfd;
     }
     qemu_thread_create(&proxy->recv_thread, thread_name,
                        vfio_user_recv_thread, proxy, QEMU_THREAD_JOINABLE);
@@ -988,13 +1005,15 @@ static void vfio_user_stop_receiving(VFIOUserProxy *proxy)
 {
     if (proxy->receiving) {
         qio_channel_shutdown(proxy->ioc, QIO_CHANNEL_SHUTDOWN_BOTH, NULL);
-        /* A waiter may have left the thread resting: EOF must wake it */
-        vfio_user_recv_thread_rest(proxy, false);
+        /* A resting thread sees the hang-up all the same */
         qemu_thread_join(&proxy->recv_thread);
         proxy->receiving = false;
-        if (proxy->recv_epfd >= 0) {
-            close(proxy->recv_epfd);
-            proxy->recv_epfd = -1;
+        /* Waiters of this connection may still be on their way out */
+        WITH_QEMU_LOCK_GUARD(&proxy->lock) {
+            if (proxy->recv_epfd >= 0) {
+                close(proxy->recv_epfd);
+                proxy->recv_epfd = -1;
+            }
         }
     }
 }

@@ -1078,13 +1078,13 @@ static void hammer(void)
  * reads it back, checks the first, and has the device raise MSI-X vector
  * 0, waiting for the interrupt; an interrupt that has not come after
  * MIG_REFIRE_MS is asked for again (one raised as the VM stops may be
- * lost on the way, as on real hardware), and counted.  A line every n
+ * lost on the way, and a busy host may stall the VM), and counted.  A line every n
  * rounds; after a migration the destination's serial port has them.
  */
 #define RAW_MIG_STICKY  0x018
 #define RAW_MSIX_FIRE   0x7f0
 #define MIG_STICKY      0xc0ffee42u
-#define MIG_REFIRE_MS   500
+#define MIG_REFIRE_MS   1000
 
 static void migrate_loop(void)
 {
