@@ -39,10 +39,8 @@
 #include "qemu/host-utils.h"
 #include "qemu/main-loop.h"
 #include "qemu/memfd.h"
-#include "qemu/rcu.h"
 #include "qemu/thread.h"
 #include "qemu/timer.h"
-#include "hw/core/cpu.h"
 #include "trace.h"
 
 /*
@@ -620,17 +618,6 @@ static VFIOUserIOFD *vfio_user_iofds_find(VFIOUserIOFDs *iofds, bool write,
 }
 
 /*
- * Whether this access may wait for the server without the BQL: only a
- * vCPU's, from its MMIO or port I/O dispatch, whose RCU read-side section
- * keeps the device (and its VFIOUserIOFDs) alive until the access ends,
- * as for a BAR access through the socket.
- */
-static bool vfio_user_ioregionfd_may_unlock(void)
-{
-    return current_cpu && bql_locked() && get_ptr_rcu_reader()->depth > 0;
-}
-
-/*
  * One guest access as an ioregionfd command, and its response if any.
  * Returns false, with nothing done, when the sub-region is no longer an
  * ioregionfd's once posted writes are done: the access then goes through
@@ -649,7 +636,8 @@ static bool vfio_user_ioregionfd_access(VFIOUserIOFDs *iofds,
                                         uint32_t size, void *data,
                                         int *result)
 {
-    bool unlock = vfio_user_ioregionfd_may_unlock();
+    /* As for a BAR access through the socket; RCU keeps iofds alive */
+    bool unlock = vfio_user_vcpu_may_release_bql();
     bool wait = !write || !e->posted;
     VFIOUserIORegionCmd cmd;
     VFIOUserIORegionResp resp;

@@ -353,8 +353,7 @@ static bool vfio_user_pci_config_ahead(VFIOUserPCIDevice *dev, bool write,
  */
 static bool vfio_user_pci_config_unlocked(VFIOUserPCIDevice *dev)
 {
-    return current_cpu && bql_locked() && !dev->unplugging &&
-           get_ptr_rcu_reader()->depth > 0;
+    return vfio_user_vcpu_may_release_bql() && !dev->unplugging;
 }
 
 static uint32_t vfio_user_pci_read_config(PCIDevice *pdev, uint32_t addr,

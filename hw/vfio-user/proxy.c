@@ -561,13 +561,20 @@ static void *vfio_user_recv_thread(void *opaque)
 }
 
 /*
- * Whether to let the BQL go while waiting for the server: only a vCPU
- * thread that asked to (a guest's BAR or config space access), and holds
- * it.
+ * Whether the calling thread may let the BQL go while it waits for the
+ * server: only a vCPU in its MMIO or port I/O dispatch, whose RCU
+ * read-side section keeps the device alive until the access ends (the
+ * main loop has nobody to let run).
  */
+bool vfio_user_vcpu_may_release_bql(void)
+{
+    return current_cpu && bql_locked() && get_ptr_rcu_reader()->depth > 0;
+}
+
+/* The same, for a caller that asked to (a guest's BAR or config access) */
 static bool vfio_user_may_release_bql(bool release_bql)
 {
-    return release_bql && current_cpu && bql_locked();
+    return release_bql && vfio_user_vcpu_may_release_bql();
 }
 
 /*
@@ -659,6 +666,21 @@ static void vfio_user_read_released(VFIOUserProxy *proxy,
     qemu_mutex_lock(&proxy->lock);
 }
 
+/*
+ * Wait for the next message, with proxy->lock held: read it when nobody
+ * else reads (the receive thread may be resting for a waiter that now
+ * waits for a BQL we hold), else wait for whoever does.
+ */
+static void vfio_user_await(VFIOUserProxy *proxy, int64_t deadline_ms,
+                            bool release_bql)
+{
+    if (proxy->reading) {
+        vfio_user_wait(proxy, deadline_ms, release_bql);
+    } else {
+        vfio_user_read_released(proxy, deadline_ms, release_bql);
+    }
+}
+
 static bool vfio_user_posted_pending(VFIOUserProxy *proxy,
                                      unsigned int limit, uint64_t before)
 {
@@ -697,15 +719,7 @@ static int vfio_user_wait_posted_locked(VFIOUserProxy *proxy,
                        proxy->lost_reason);
             return -ETIMEDOUT;
         }
-        /*
-         * Read the replies when nobody else does: the receive thread may
-         * be resting for a waiter that now waits for the BQL we hold.
-         */
-        if (proxy->reading) {
-            vfio_user_wait(proxy, deadline, release_bql);
-        } else {
-            vfio_user_read_released(proxy, deadline, release_bql);
-        }
+        vfio_user_await(proxy, deadline, release_bql);
     }
     return 0;
 }
@@ -728,6 +742,19 @@ static int vfio_user_request_lost(VFIOUserProxy *proxy, const char *name,
     return -ENOTCONN;
 }
 
+/* Whether the server takes @nfds fds with one message */
+static bool vfio_user_fds_fit(VFIOUserProxy *proxy, const char *name,
+                              size_t nfds, Error **errp)
+{
+    if (nfds > proxy->max_send_fds) {
+        error_setg(errp, "vfio-user %s: %s needs %zu fds, the server "
+                   "accepts %u", proxy->sockname, name, nfds,
+                   proxy->max_send_fds);
+        return false;
+    }
+    return true;
+}
+
 static int vfio_user_exchange(VFIOUserProxy *proxy, VFIOUserHdr *req,
                               const int *fds, size_t nfds,
                               VFIOUserMsg *reply, bool release_bql,
@@ -740,10 +767,7 @@ static int vfio_user_exchange(VFIOUserProxy *proxy, VFIOUserHdr *req,
     Error *err = NULL;
     int ret;
 
-    if (nfds > proxy->max_send_fds) {
-        error_setg(errp, "vfio-user %s: %s needs %zu fds, the server "
-                   "accepts %u", proxy->sockname, name, nfds,
-                   proxy->max_send_fds);
+    if (!vfio_user_fds_fit(proxy, name, nfds, errp)) {
         return -E2BIG;
     }
 
@@ -787,11 +811,7 @@ static int vfio_user_exchange(VFIOUserProxy *proxy, VFIOUserHdr *req,
     qemu_mutex_lock(&proxy->lock);
     while (ret == 0 && !pending.done && proxy->connected &&
            qemu_clock_get_ms(QEMU_CLOCK_REALTIME) < deadline) {
-        if (proxy->reading) {
-            vfio_user_wait(proxy, deadline, release_bql);
-            continue;
-        }
-        vfio_user_read_released(proxy, deadline, release_bql);
+        vfio_user_await(proxy, deadline, release_bql);
     }
     QTAILQ_REMOVE(&proxy->pending, &pending, next);
     if (!--proxy->self_readers) {
@@ -876,10 +896,7 @@ int vfio_user_request_posted(VFIOUserProxy *proxy, VFIOUserHdr *req,
     Error *err = NULL;
     int ret;
 
-    if (nfds > proxy->max_send_fds) {
-        error_setg(errp, "vfio-user %s: %s needs %zu fds, the server "
-                   "accepts %u", proxy->sockname, name, nfds,
-                   proxy->max_send_fds);
+    if (!vfio_user_fds_fit(proxy, name, nfds, errp)) {
         return -E2BIG;
     }
     qemu_mutex_lock(&proxy->lock);

@@ -135,6 +135,7 @@ int vfio_user_request_posted(VFIOUserProxy *proxy, VFIOUserHdr *req,
                              const int *fds, size_t nfds,
                              VFIOUserPostedFlags flags, Error **errp);
 void vfio_user_flush_posted(VFIOUserProxy *proxy, bool release_bql);
+bool vfio_user_vcpu_may_release_bql(void);
 void vfio_user_add_lost_notifier(VFIOUserProxy *proxy, Notifier *notifier);
 void vfio_user_set_deadline(VFIOUserProxy *proxy, int64_t deadline_ms);
 
