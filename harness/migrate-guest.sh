@@ -93,40 +93,16 @@ for side in src dst; do
 done
 
 rc=0
-python3 - "$work" "$accel" <<'EOF' || rc=$?
-import json, re, socket, sys, time
+python3 - "$work" "$accel" "$(dirname "$(realpath "$0")")" <<'EOF' || rc=$?
+import re, sys, time
 
 work, accel = sys.argv[1], sys.argv[2]
+sys.path.insert(0, sys.argv[3])
+from qmp_client import QMP  # noqa: E402
+
 # One lost at the switch-over, or a host that stalled the VM past the
 # guest's patience (1 s), is no fault; more is
 MAX_REFIRES = 3
-
-
-class QMP:
-    def __init__(self, path):
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX)
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"no QMP at {path}")
-                time.sleep(0.05)
-        self.file = self.sock.makefile("rw")
-        json.loads(self.file.readline())
-        self.cmd("qmp_capabilities")
-
-    def cmd(self, name, **args):
-        self.file.write(json.dumps({"execute": name, "arguments": args}))
-        self.file.write("\n")
-        self.file.flush()
-        while True:
-            msg = json.loads(self.file.readline())
-            if "return" in msg or "error" in msg:
-                return msg
 
 
 def rounds(side):

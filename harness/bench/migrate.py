@@ -14,37 +14,13 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
-
-class QMP:
-    def __init__(self, path):
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.file = self.sock.makefile('rw')
-        json.loads(self.file.readline())
-        self.cmd('qmp_capabilities')
-
-    def cmd(self, name, **args):
-        self.file.write(json.dumps({'execute': name, 'arguments': args}))
-        self.file.write('\n')
-        self.file.flush()
-        while True:
-            msg = json.loads(self.file.readline())
-            if 'return' in msg or 'error' in msg:
-                return msg
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                '..'))
+from qmp_client import QMP  # noqa: E402
 
 
 def wait_socket(path, proc):

@@ -981,6 +981,26 @@ void ap_main(void)
 }
 
 /* mode=hammer: the register it hammers, in BAR0 or config space */
+/*
+ * The raw server's MSI-X (with --msix; BAR2 placed, memory space on):
+ * vector 0 at the local APIC's IRQ_VECTOR, with @vector_ctrl (masked or
+ * not), and MSI-X enabled.
+ */
+static void raw_msix_enable(int raw, uint32_t vector_ctrl)
+{
+    int dev = raw >> 3, fn = raw & 7;
+    uint32_t cap = cfg_read(dev, fn, RAW_CFG_MSIX);
+
+    if ((cap & 0xff) != 0x11) {
+        fail("no MSI-X capability at 0x60 (run the server with --msix)");
+    }
+    mmio_write(RAW_BAR2 + RAW_MSIX_TABLE, LAPIC);
+    mmio_write(RAW_BAR2 + RAW_MSIX_TABLE + 4, 0);
+    mmio_write(RAW_BAR2 + RAW_MSIX_TABLE + 8, IRQ_VECTOR);
+    mmio_write(RAW_BAR2 + RAW_MSIX_TABLE + 12, vector_ctrl);
+    cfg_write16(dev, fn, RAW_CFG_MSIX + 2, (cap >> 16) | MSIX_CTRL_ENABLE);
+}
+
 static void hammer_write(int raw, uint32_t v)
 {
     if (hammer_config) {
@@ -1022,15 +1042,8 @@ static void hammer(void)
     }
     enable_device(raw, 0x2);            /* memory space */
     if (hammer_msix) {
-        uint32_t ctrl = cfg_read(raw >> 3, raw & 7, RAW_CFG_MSIX) >> 16;
-
-        /* Vector 0 at the local APIC, masked (this vCPU never takes it) */
-        mmio_write(RAW_BAR2 + RAW_MSIX_TABLE, LAPIC);
-        mmio_write(RAW_BAR2 + RAW_MSIX_TABLE + 4, 0);
-        mmio_write(RAW_BAR2 + RAW_MSIX_TABLE + 8, 0x40);
-        mmio_write(RAW_BAR2 + RAW_MSIX_TABLE + 12, MSIX_VEC_MASKED);
-        cfg_write16(raw >> 3, raw & 7, RAW_CFG_MSIX + 2,
-                    ctrl | MSIX_CTRL_ENABLE);
+        /* Masked: this vCPU never takes it */
+        raw_msix_enable(raw, MSIX_VEC_MASKED);
     }
     hammer_write(raw, 0x5a5aa5a5);
     if (hammer_read(raw) != 0x5a5aa5a5) {
@@ -1089,7 +1102,7 @@ static void hammer(void)
 static void migrate_loop(void)
 {
     int raw = pci_find(RAW_VENDOR, RAW_DEVICE);
-    uint32_t ctrl, i, bad = 0, refires = 0;
+    uint32_t i, bad = 0, refires = 0;
     uint64_t wait = (uint64_t)tsc_khz * MIG_REFIRE_MS;
 
     if (raw < 0) {
@@ -1102,16 +1115,7 @@ static void migrate_loop(void)
     set_bar(raw, 0, RAW_BAR0);
     set_bar(raw, 2, RAW_BAR2);
     enable_device(raw, 0x6);            /* memory space, bus master */
-    if ((cfg_read(raw >> 3, raw & 7, RAW_CFG_MSIX) & 0xff) != 0x11) {
-        fail("no MSI-X capability at 0x60 (run the server with --msix)");
-    }
-    mmio_write(RAW_BAR2 + RAW_MSIX_TABLE, LAPIC);
-    mmio_write(RAW_BAR2 + RAW_MSIX_TABLE + 4, 0);
-    mmio_write(RAW_BAR2 + RAW_MSIX_TABLE + 8, IRQ_VECTOR);
-    mmio_write(RAW_BAR2 + RAW_MSIX_TABLE + 12, 0);
-    ctrl = cfg_read(raw >> 3, raw & 7, RAW_CFG_MSIX) >> 16;
-    cfg_write16(raw >> 3, raw & 7, RAW_CFG_MSIX + 2,
-                ctrl | MSIX_CTRL_ENABLE);
+    raw_msix_enable(raw, 0);
     __asm__ volatile("sti");
     mmio_write(RAW_BAR0 + RAW_MIG_STICKY, MIG_STICKY);
 
