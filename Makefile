@@ -197,6 +197,10 @@ check: qemu qemu-asan guest
 		"$(REPO)/harness/bql-wait.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/tcg-bql-wait-ioregionfd tcg ioregionfd" \
 		"tcg: the same, the vCPU masking and unmasking an MSI-X vector (SET_IRQS)" \
 		"$(REPO)/harness/bql-wait.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/tcg-bql-wait-msix tcg msix" \
+		"tcg: the same, the vCPU turning MSI-X off (INTx wired instead) and on" \
+		"$(REPO)/harness/bql-wait.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/tcg-bql-wait-msix-enable tcg msix-enable" \
+		"kvm: the same under KVM (INTx through KVM's resample irqfd)" \
+		"$(REPO)/harness/bql-wait.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/kvm-bql-wait-msix-enable kvm msix-enable" \
 		"tcg: a VM migrated while its guest drives the device and takes MSI-X" \
 		"$(REPO)/harness/migrate-guest.sh $(QEMU_BIN) $(QEMU_BUILD)/tests/qtest/vfio-user-raw-server $(GUEST)/bench-guest.elf $(REPO)/out/tcg-migrate-guest tcg" \
 		"kvm: the same under KVM (MSI-X through the destination's irqfd)" \

@@ -10,7 +10,9 @@
 # messages it sends must then show no BAR accesses on the socket.  With
 # TARGET msix, the guest also masks and unmasks an MSI-X vector before
 # each pair: hw/vfio's SET_IRQS from the vCPU must not wait for the server
-# with the BQL held either.  Once both run, the server is
+# with the BQL held either.  TARGET msix-enable turns MSI-X off and on
+# again instead, so that hw/vfio also tears the vectors down and wires
+# INTx in their place (and reads the interrupt pin first).  Once both run, the server is
 # stopped (SIGSTOP) for 30 s, so that the guest's access in flight waits
 # the whole time.  Meanwhile:
 # - QMP query-status, sent every 100 ms, must answer each time within
@@ -24,7 +26,7 @@
 #
 # usage: bql-wait.sh QEMU RAW_SERVER GUEST_ELF WORK_DIR [ACCEL [TARGET]]
 #   ACCEL is tcg (default) or kvm; TARGET bar (default), config,
-#   ioregionfd or msix.
+#   ioregionfd, msix or msix-enable.
 # Exits 0 on success, 77 (skip) when ACCEL is kvm and KVM is unusable.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
@@ -61,13 +63,14 @@ ioregionfd)
     server_opts=(--iofd 0,ioregionfd,offset=0x10,size=8)
     trace_opts=(-d trace:vfio_user_send -D "$work/trace.log")
     ;;
-msix)
-    hammer_opt=' hammer=msix'
+msix|msix-enable)
+    hammer_opt=" hammer=$target"
     # Stopped on a SET_IRQS, not wherever the guest happens to be
     server_opts=(--msix 1 --stop-on-set-irqs)
     trace_opts=(-d trace:vfio_user_send -D "$work/trace.log")
     ;;
-*) echo "bql-wait: TARGET is bar, config, ioregionfd or msix, not $target"
+*) echo "bql-wait: TARGET is bar, config, ioregionfd, msix or" \
+       "msix-enable, not $target"
    exit 2 ;;
 esac
 case $accel in
@@ -238,7 +241,7 @@ def main():
     # The window: the server stopped, a probe every probe_ms (at once
     # after a slow one, but no burst to catch up)
     pre, offset = serial_lines(0)
-    if target == "msix":
+    if target in ("msix", "msix-enable"):
         # The server stops itself on the next SET_IRQS: the guest's
         # unmask is the request in flight
         os.kill(server, signal.SIGUSR1)
@@ -345,13 +348,23 @@ if [ $rc -ne 0 ]; then
 fi
 # The guest's unmasks reached the server: one SET_IRQS (the vector's
 # eventfd) and one unmask for every other pair
-if [ "$target" = msix ]; then
+if [ "$target" = msix ] || [ "$target" = msix-enable ]; then
     pairs=$(grep "^BENCH-GUEST: hammer " "$serial" | tail -n1 |
             sed 's/.* pairs=\([0-9]*\).*/\1/')
     set_irqs=$(grep -c "SET_IRQS" "$work/trace.log") || true
     echo "bql-wait: $label: $pairs pairs, $set_irqs SET_IRQS"
     if [ "${pairs:-0}" -lt 1000 ] || [ "$set_irqs" -lt "$pairs" ]; then
         failed "the guest's unmasks did not reach the server"
+    fi
+fi
+# Each time MSI-X went off, hw/vfio wired INTx's eventfd (index 0,
+# ACTION_TRIGGER | DATA_EVENTFD) on the server
+if [ "$target" = msix-enable ]; then
+    intx=$(grep -c "set_irqs index 0 flags 0x24 start 0 count 1 fds 1" \
+           "$work/server-events.log") || true
+    echo "bql-wait: $label: INTx wired $intx times"
+    if [ "$intx" -lt $((pairs / 2)) ]; then
+        failed "MSI-X going off did not wire INTx on the server each time"
     fi
 fi
 # The guest's accesses took the ioregionfd: a handful of BAR accesses on

@@ -458,34 +458,47 @@ static int vfio_user_get_irq_info(VFIODevice *vbasedev,
 }
 
 /*
- * A vCPU changes the device's interrupt state for the guest (an MSI-X
- * vector unmasked or MSI-X enabled, INTx unmasked at EOI): hw/vfio keeps
- * pointers into its vector state across the request, so the BQL cannot
- * go while it waits, and a stopped server would stop QEMU with it.  Such
- * a request is posted instead: the server takes requests in order, so
- * whatever the guest does next reaches the device after it, and what
- * waits for a reply (a BAR read, say) waits for this one first, without
- * the BQL.  A refusal is reported when it comes.  On these paths hw/vfio
- * does nothing with a failure but report it, so nothing is lost; where it
- * acts on one (enabling MSI, which it turns off again; wiring INTx to
- * KVM, which falls back to QEMU's own INTx handling) the request still
- * waits, as it does in the main loop (realize, reset, reconnection).
+ * INTx's resample eventfd, which hw/vfio wires when KVM takes INTx: the
+ * one SET_IRQS whose refusal hw/vfio acts on from a vCPU (it then falls
+ * back to QEMU's own INTx handling).
  */
-static bool vfio_user_irqs_posted(const struct vfio_irq_set *irq_set)
+static bool vfio_user_irqs_resample(const struct vfio_irq_set *irq_set)
+{
+    return irq_set->index == VFIO_PCI_INTX_IRQ_INDEX &&
+           (irq_set->flags & VFIO_IRQ_SET_ACTION_UNMASK) &&
+           (irq_set->flags & VFIO_IRQ_SET_DATA_TYPE_MASK) ==
+           VFIO_IRQ_SET_DATA_EVENTFD;
+}
+
+/*
+ * A vCPU changes the device's interrupt state for the guest (MSI or MSI-X
+ * enabled or disabled, a vector unmasked, INTx wired again as MSI goes
+ * off, INTx unmasked at EOI): hw/vfio keeps pointers into its vector
+ * state across the request, so the BQL cannot go while it waits, and a
+ * stopped server would stop QEMU with it.  Such a request is posted
+ * instead: the server takes requests in order, so whatever the guest does
+ * next reaches the device after it, and what waits for a reply (a BAR
+ * read, say) waits for this one first, without the BQL.  A refusal is
+ * reported when it comes; hw/vfio would only have reported it too, and
+ * let go of the vectors' eventfds, which it does anyway when the guest
+ * turns the interrupt off.
+ *
+ * INTx's resample eventfd is the exception: hw/vfio falls back to QEMU's
+ * own INTx handling when the server refuses it.  The device was wired
+ * the same way at realize, from the main loop, where the request waited:
+ * it is posted only if the server took it then, and refused at once,
+ * without asking, if it refused it then.
+ */
+static bool vfio_user_irqs_posted(VFIOUserDevice *udev,
+                                  const struct vfio_irq_set *irq_set)
 {
     if (!current_cpu || !bql_locked()) {
         return false;
     }
-    switch (irq_set->index) {
-    case VFIO_PCI_MSIX_IRQ_INDEX:
-        return true;
-    case VFIO_PCI_INTX_IRQ_INDEX:
-        return (irq_set->flags & VFIO_IRQ_SET_DATA_TYPE_MASK) ==
-               VFIO_IRQ_SET_DATA_NONE &&
-               (irq_set->flags & VFIO_IRQ_SET_ACTION_UNMASK);
-    default:
-        return false;
+    if (vfio_user_irqs_resample(irq_set)) {
+        return udev->intx_resample == VFIO_USER_RESAMPLE_TAKEN;
     }
+    return true;
 }
 
 static int vfio_user_send_irq_set(VFIODevice *vbasedev,
@@ -509,13 +522,22 @@ static int vfio_user_send_irq_set(VFIODevice *vbasedev,
     if (data_len) {
         memcpy(msg + 1, data, data_len);
     }
-    if (vfio_user_irqs_posted(irq_set)) {
+    if (vfio_user_irqs_posted(udev, irq_set)) {
         ret = vfio_user_request_posted(udev->proxy, &msg->hdr, fds, nfds,
                                        quiet ? VFIO_USER_POSTED_QUIET : 0,
                                        &err);
+    } else if (current_cpu && vfio_user_irqs_resample(irq_set) &&
+               udev->intx_resample == VFIO_USER_RESAMPLE_REFUSED) {
+        error_setg(&err, "the server refused INTx's resample eventfd "
+                   "before");
+        ret = -EINVAL;
     } else {
         ret = vfio_user_request(udev->proxy, &msg->hdr, fds, nfds, NULL,
                                 &err);
+        if (vfio_user_irqs_resample(irq_set) && ret != -ENOTCONN) {
+            udev->intx_resample = ret < 0 ? VFIO_USER_RESAMPLE_REFUSED :
+                                  VFIO_USER_RESAMPLE_TAKEN;
+        }
     }
     if (ret < 0) {
         return vfio_user_io_failed(vbasedev, ret, err);

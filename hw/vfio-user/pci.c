@@ -295,6 +295,12 @@ static void vfio_user_pci_realize(PCIDevice *pdev, Error **errp)
         goto error;
     }
 
+    /*
+     * The interrupt pin is read-only and hw/vfio has its value by now;
+     * keeping it saves a vCPU that turns MSI off (hw/vfio re-enables INTx
+     * and reads the pin first) a wait for the server with the BQL held.
+     */
+    vdev->emulated_config_bits[PCI_INTERRUPT_PIN] = 0xff;
     dev->udev.posted_writes = !dev->no_posted_writes;
     for (i = 0; i < PCI_ROM_SLOT && !dev->no_io_fds; i++) {
         VFIOBAR *bar = &vdev->bars[i];

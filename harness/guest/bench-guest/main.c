@@ -10,7 +10,7 @@
  *
  * Command line (-append):
  *   [mode=mmio|msix|hammer|migrate] [n=MAX] [budget_ms=MS] [reps=R] [pm=guest]
- *   [hammer=config|msix] [eject=1]
+ *   [hammer=config|msix|msix-enable] [eject=1]
  *
  * mode=mmio (default): rows of 4-byte accesses to
  *   - BAR0 of the raw vfio-user test server (1b36:00f1): the scratch
@@ -44,6 +44,8 @@
  *   With hammer=msix (the raw server with --msix), the BSP also enables
  *   MSI-X and masks and unmasks vector 0 in the table before each pair:
  *   every unmask makes QEMU wire the vector to the server (SET_IRQS).
+ *   With hammer=msix-enable, it turns MSI-X off and on again instead:
+ *   hw/vfio then tears the vectors down and wires INTx, and back.
  *
  * The rows run R times over (reps=R, default 3), in turn, so that a burst
  * of load on the host spoils one pass of a row rather than all of it.
@@ -187,6 +189,7 @@ static const char *const mode_names[] = {
 static int pm_force;     /* pm=guest: program the PM base even if set */
 static int hammer_config;   /* hammer=config: config space, not BAR0 */
 static int hammer_msix;     /* hammer=msix: vector 0 masked, unmasked */
+static int hammer_msix_enable; /* hammer=msix-enable: MSI-X off, on */
 static int hammer_eject;    /* eject=1: the AP ejects a stuck device */
 /* mode=hammer: the BSP's progress, for the AP to see it stuck */
 static volatile uint32_t hammer_done;
@@ -717,6 +720,9 @@ static void parse_cmdline(struct mb_info *mbi)
             pm_force = 1;
         } else if (prefix(s, "hammer=config")) {
             hammer_config = 1;
+        } else if (prefix(s, "hammer=msix-enable")) {
+            hammer_msix = 1;
+            hammer_msix_enable = 1;
         } else if (prefix(s, "hammer=msix")) {
             hammer_msix = 1;
         } else if (prefix(s, "eject=1")) {
@@ -1064,7 +1070,13 @@ static void hammer(void)
             }
             hammer_done = i;
         } else {
-            if (hammer_msix) {
+            if (hammer_msix_enable) {
+                uint32_t ctrl = cfg_read(raw >> 3, raw & 7, RAW_CFG_MSIX);
+
+                ctrl = (ctrl >> 16) & ~MSIX_CTRL_ENABLE;
+                cfg_write16(raw >> 3, raw & 7, RAW_CFG_MSIX + 2,
+                            i & 1 ? ctrl : ctrl | MSIX_CTRL_ENABLE);
+            } else if (hammer_msix) {
                 mmio_write(RAW_BAR2 + RAW_MSIX_TABLE + 12,
                            i & 1 ? MSIX_VEC_MASKED : 0);
             }

@@ -24,6 +24,13 @@ typedef struct VFIOUserIRQFds {
     uint32_t nr;
 } VFIOUserIRQFds;
 
+/* What the server said when last asked for INTx's resample eventfd */
+typedef enum VFIOUserResample {
+    VFIO_USER_RESAMPLE_UNKNOWN,
+    VFIO_USER_RESAMPLE_TAKEN,
+    VFIO_USER_RESAMPLE_REFUSED,
+} VFIOUserResample;
+
 typedef struct VFIOUserDevice {
     VFIOUserProxy *proxy;
     VFIOUserRegion *regions;
@@ -32,6 +39,7 @@ typedef struct VFIOUserDevice {
     VFIOUserIRQFds *irq_fds;
     unsigned int num_irqs;
     bool posted_writes;     /* BAR writes do not wait for their reply */
+    VFIOUserResample intx_resample;
     bool mmap_unsealed;     /* map region files the server may shrink */
     unsigned int io_fds_budget; /* I/O fds the regions may still take */
     Notifier lost;          /* of the connection */
