@@ -59,7 +59,12 @@ struct VFIOUserPCIDevice {
     Notifier lost;              /* of the connection: tell management */
     bool up;                    /* realized and connected: lost is news */
     bool reconnect_reported;    /* a failed attempt, in this outage */
+    /*
+     * Retries the connection; while @negotiating (VERSION sent on a new
+     * connection, the device not back yet), ends the wait for the reply
+     */
     QEMUTimer *reconnect_timer;
+    bool negotiating;
     /* Unrealize has begun: a config access that let the BQL go stops */
     bool unplugging;
 };
@@ -88,6 +93,7 @@ static void vfio_user_pci_lost(Notifier *notifier, void *data)
                                                proxy->lost_reason);
     }
     if (dev->reconnect_timer) {
+        dev->negotiating = false;
         timer_mod(dev->reconnect_timer,
                   qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + dev->reconnect_ms);
     }
@@ -136,13 +142,39 @@ static bool vfio_user_pci_replay_config(VFIOUserPCIDevice *dev, Error **errp)
     return true;
 }
 
+/* A reconnection attempt failed: try again later */
+static void vfio_user_pci_reconnect_failed(VFIOUserPCIDevice *dev,
+                                           Error *err)
+{
+    VFIODevice *vbasedev = &VFIO_PCI_BASE(dev)->vbasedev;
+    VFIOUserProxy *proxy = dev->udev.proxy;
+
+    dev->negotiating = false;
+    trace_vfio_user_pci_reconnect_failed(vbasedev->name,
+                                         err ? error_get_pretty(err) :
+                                         "the server went away");
+    if (!dev->reconnect_reported) {
+        dev->reconnect_reported = true;
+        warn_report("vfio-user %s: cannot reconnect yet: %s; trying "
+                    "again every %u ms", proxy->sockname,
+                    err ? error_get_pretty(err) : "the server went away",
+                    dev->reconnect_ms);
+    }
+    vfio_user_reconnect_cancel(proxy);
+    /* If that closes the connection, its notifier tries again */
+    if (!vfio_user_drop(proxy, err)) {
+        timer_mod(dev->reconnect_timer,
+                  qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + dev->reconnect_ms);
+    }
+}
+
 /*
- * Try the server again: connect, check it serves the same device, and
- * give it the device's state (config space, DMA mappings, interrupts, I/O
- * fds) within one timeout.  Until then the device stays disconnected; a
- * failed attempt makes the connection fail, which tries again later.
+ * The server answered VERSION on the new connection: check it serves the
+ * same device, and give it the device's state (config space, DMA
+ * mappings, interrupts, I/O fds) within one timeout.  Until then the
+ * device stays disconnected.
  */
-static void vfio_user_pci_reconnect(void *opaque)
+static void vfio_user_pci_reconnect_answered(void *opaque)
 {
     VFIOUserPCIDevice *dev = opaque;
     VFIODevice *vbasedev = &VFIO_PCI_BASE(dev)->vbasedev;
@@ -152,9 +184,14 @@ static void vfio_user_pci_reconnect(void *opaque)
     Error *err = NULL;
     bool ok;
 
+    if (!dev->negotiating) {
+        return;
+    }
+    dev->negotiating = false;
+    timer_del(dev->reconnect_timer);
     vfio_user_set_deadline(proxy, qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
                                   dev->timeout_ms);
-    ok = vfio_user_reconnect(proxy, dev->addr, &err) &&
+    ok = vfio_user_reconnect_finish(proxy, &err) &&
          vfio_user_device_check_same(vbasedev, &err) &&
          vfio_user_pci_replay_config(dev, &err) &&
          vfio_user_container_replay(VFIO_IOMMU_USER(vbasedev->bcontainer),
@@ -162,25 +199,7 @@ static void vfio_user_pci_reconnect(void *opaque)
          vfio_user_device_replay(vbasedev, &err);
     vfio_user_set_deadline(proxy, 0);
     if (!ok) {
-        trace_vfio_user_pci_reconnect_failed(vbasedev->name,
-                                             err ? error_get_pretty(err) :
-                                             "the server went away");
-        if (!dev->reconnect_reported) {
-            dev->reconnect_reported = true;
-            warn_report("vfio-user %s: cannot reconnect yet: %s; trying "
-                        "again every %u ms", proxy->sockname,
-                        err ? error_get_pretty(err) : "the server went away",
-                        dev->reconnect_ms);
-        }
-        if (vfio_user_connected(proxy)) {
-            /* Its notifier tries again */
-            vfio_user_drop(proxy, err);
-        } else {
-            error_free(err);
-            timer_mod(dev->reconnect_timer,
-                      qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
-                      dev->reconnect_ms);
-        }
+        vfio_user_pci_reconnect_failed(dev, err);
         return;
     }
     dev->up = true;
@@ -191,6 +210,34 @@ static void vfio_user_pci_reconnect(void *opaque)
     path = object_get_canonical_path(OBJECT(dev));
     qapi_event_send_vfio_user_reconnected(d->id ?: "", path,
                                           proxy->sockname);
+}
+
+/*
+ * Try the server again: connect and send VERSION, without waiting for
+ * its reply (vfio_user_reconnect_start()), which has one timeout to come;
+ * or, if that is what ran out, give up on this attempt.
+ */
+static void vfio_user_pci_reconnect(void *opaque)
+{
+    VFIOUserPCIDevice *dev = opaque;
+    VFIOUserProxy *proxy = dev->udev.proxy;
+    Error *err = NULL;
+
+    if (dev->negotiating) {
+        error_setg(&err, "no reply to VERSION within %u ms",
+                   dev->timeout_ms);
+        vfio_user_pci_reconnect_failed(dev, err);
+        return;
+    }
+    if (!vfio_user_reconnect_start(proxy, dev->addr,
+                                   vfio_user_pci_reconnect_answered, dev,
+                                   &err)) {
+        vfio_user_pci_reconnect_failed(dev, err);
+        return;
+    }
+    dev->negotiating = true;
+    timer_mod(dev->reconnect_timer,
+              qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + dev->timeout_ms);
 }
 
 /* The socket to connect to, from whichever syntax the user chose */
@@ -415,6 +462,7 @@ static void vfio_user_pci_exit(PCIDevice *pdev)
     VFIOUserPCIDevice *dev = VFIO_USER_PCI(pdev);
 
     if (dev->reconnect_timer) {
+        vfio_user_reconnect_cancel(dev->udev.proxy);
         timer_free(dev->reconnect_timer);
         dev->reconnect_timer = NULL;
     }

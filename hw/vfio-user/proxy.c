@@ -119,7 +119,7 @@ static void vfio_user_set_timeout_error(VFIOUserProxy *proxy,
  * deserves a report of its own, since its accesses have nobody to tell.
  * Callable from any thread; the lost notifiers run in the main loop.
  */
-static void vfio_user_connection_lost(VFIOUserProxy *proxy, Error *err,
+static bool vfio_user_connection_lost(VFIOUserProxy *proxy, Error *err,
                                       Error **errp)
 {
     bool first = false;
@@ -146,6 +146,7 @@ static void vfio_user_connection_lost(VFIOUserProxy *proxy, Error *err,
         qemu_bh_schedule(proxy->lost_bh);
     }
     error_propagate(errp, err);
+    return first;
 }
 
 static void vfio_user_lost_bh(void *opaque)
@@ -153,6 +154,15 @@ static void vfio_user_lost_bh(void *opaque)
     VFIOUserProxy *proxy = opaque;
 
     notifier_list_notify(&proxy->lost_notifiers, proxy);
+}
+
+static void vfio_user_version_bh(void *opaque)
+{
+    VFIOUserProxy *proxy = opaque;
+
+    if (proxy->version_answered) {
+        proxy->version_answered(proxy->version_opaque);
+    }
 }
 
 /*
@@ -427,6 +437,9 @@ static bool vfio_user_complete(VFIOUserProxy *proxy, VFIOUserMsg *msg,
         *msg = (VFIOUserMsg) { };
         pending->done = true;
         qemu_cond_broadcast(&proxy->cond);
+        if (pending->notify) {
+            qemu_bh_schedule(proxy->version_bh);
+        }
         return true;
     }
     if (!vfio_user_posted_reply(proxy, msg)) {
@@ -1072,80 +1085,13 @@ VFIOUserProxy *vfio_user_connect(SocketAddress *addr, uint32_t timeout_ms,
     QTAILQ_INIT(&proxy->pending);
     notifier_list_init(&proxy->lost_notifiers);
     proxy->lost_bh = qemu_bh_new(vfio_user_lost_bh, proxy);
+    proxy->version_bh = qemu_bh_new(vfio_user_version_bh, proxy);
     /* Until the server says otherwise */
     proxy->max_send_fds = VFIO_USER_DEF_MAX_FDS;
     proxy->max_xfer_size = VFIO_USER_DEF_MAX_XFER;
     trace_vfio_user_connect(proxy->sockname);
     vfio_user_start_receiving(proxy);
     return proxy;
-}
-
-/*
- * After the server went away: connect to @addr again and negotiate.  The
- * proxy stays the same object, so that what points at it need not know;
- * requests of the old connection have all failed by now.  Replaying the
- * device's state is the caller's.  Runs with the BQL held.
- */
-bool vfio_user_reconnect(VFIOUserProxy *proxy, SocketAddress *addr,
-                         Error **errp)
-{
-    QIOChannel *ioc;
-
-    assert(!vfio_user_connected(proxy));
-    ioc = vfio_user_open(addr, proxy->sockname, errp);
-    if (!ioc) {
-        return false;
-    }
-    vfio_user_stop_receiving(proxy);
-    qio_channel_close(proxy->ioc, NULL);
-    object_unref(OBJECT(proxy->ioc));
-    proxy->ioc = ioc;
-    proxy->established = false;
-
-    WITH_QEMU_LOCK_GUARD(&proxy->lock) {
-        g_free(proxy->lost_reason);
-        proxy->lost_reason = NULL;
-        proxy->nr_posted = 0;
-        proxy->posted_errors_reported = 0;
-        /* Until the new server says otherwise */
-        proxy->max_send_fds = VFIO_USER_DEF_MAX_FDS;
-        proxy->max_xfer_size = VFIO_USER_DEF_MAX_XFER;
-        qatomic_set(&proxy->connected, true);
-    }
-    trace_vfio_user_connect(proxy->sockname);
-    vfio_user_start_receiving(proxy);
-    return vfio_user_negotiate(proxy, errp);
-}
-
-/*
- * Give up on the server, as if it had gone away, @err saying why; without
- * a report of its own, the caller's to make.
- */
-void vfio_user_drop(VFIOUserProxy *proxy, Error *err)
-{
-    proxy->established = false;
-    vfio_user_connection_lost(proxy, err, NULL);
-}
-
-void vfio_user_disconnect(VFIOUserProxy *proxy)
-{
-    /* Let the guest's last writes land, and hear of their failures */
-    vfio_user_flush_posted(proxy, false);
-    WITH_QEMU_LOCK_GUARD(&proxy->lock) {
-        qatomic_set(&proxy->connected, false);
-    }
-    vfio_user_stop_receiving(proxy);
-    trace_vfio_user_disconnect(proxy->sockname);
-    qemu_bh_delete(proxy->lost_bh);
-    qio_channel_close(proxy->ioc, NULL);
-    object_unref(OBJECT(proxy->ioc));
-    qemu_cond_destroy(&proxy->cond);
-    qemu_mutex_destroy(&proxy->handler_lock);
-    qemu_mutex_destroy(&proxy->send_lock);
-    qemu_mutex_destroy(&proxy->lock);
-    g_free(proxy->lost_reason);
-    g_free(proxy->sockname);
-    g_free(proxy);
 }
 
 static char *vfio_user_caps_json(void)
@@ -1161,32 +1107,37 @@ static char *vfio_user_caps_json(void)
     return g_string_free(g_steal_pointer(&json), false);
 }
 
-/*
- * Agree on the protocol version and learn what the server accepts.  On
- * success, start serving the server's requests from the main loop.
- */
-bool vfio_user_negotiate(VFIOUserProxy *proxy, Error **errp)
+/* The VERSION request: ours, and what we accept */
+static VFIOUserVersion *vfio_user_version_msg(void)
 {
     g_autofree char *json = vfio_user_caps_json();
-    g_autofree VFIOUserVersion *msg = NULL;
-    g_auto(VFIOUserMsg) reply = { };
-    size_t size = sizeof(*msg) + strlen(json) + 1;
+    size_t size = sizeof(VFIOUserVersion) + strlen(json) + 1;
+    VFIOUserVersion *msg = g_malloc0(size);
+
+    vfio_user_request_init(&msg->hdr, VFIO_USER_VERSION, size);
+    msg->major = VFIO_USER_MAJOR_VER;
+    msg->minor = VFIO_USER_MINOR_VER;
+    memcpy(msg->capabilities, json, strlen(json) + 1);
+    return msg;
+}
+
+/* Learn what the server accepts from its VERSION @reply */
+static bool vfio_user_version_reply(VFIOUserProxy *proxy,
+                                    const VFIOUserMsg *reply, Error **errp)
+{
     /* What a server that says nothing accepts */
     VFIOUserServerCaps caps = {
         .max_send_fds = VFIO_USER_DEF_MAX_FDS,
         .max_xfer_size = VFIO_USER_DEF_MAX_XFER,
     };
 
-    msg = g_malloc0(size);
-    vfio_user_request_init(&msg->hdr, VFIO_USER_VERSION, size);
-    msg->major = VFIO_USER_MAJOR_VER;
-    msg->minor = VFIO_USER_MINOR_VER;
-    memcpy(msg->capabilities, json, strlen(json) + 1);
-
-    if (vfio_user_request(proxy, &msg->hdr, NULL, 0, &reply, errp) < 0) {
+    if (reply->hdr->flags & VFIO_USER_ERROR) {
+        error_setg_errno(errp, -vfio_user_reply_errno(reply->hdr),
+                         "vfio-user %s: server failed VERSION (error %u)",
+                         proxy->sockname, reply->hdr->error_reply);
         return false;
     }
-    if (!vfio_user_parse_version(reply.hdr, &caps, errp)) {
+    if (!vfio_user_parse_version(reply->hdr, &caps, errp)) {
         error_prepend(errp, "vfio-user %s: ", proxy->sockname);
         return false;
     }
@@ -1197,6 +1148,173 @@ bool vfio_user_negotiate(VFIOUserProxy *proxy, Error **errp)
     trace_vfio_user_version(proxy->sockname, VFIO_USER_MAJOR_VER, caps.minor,
                             proxy->max_send_fds, proxy->max_xfer_size);
 
-    proxy->established = true;
+    qatomic_set(&proxy->established, true);
     return true;
+}
+
+/*
+ * After the server went away: connect to @addr again.  The proxy stays
+ * the same object, so that what points at it need not know; requests of
+ * the old connection have all failed by now.
+ */
+static bool vfio_user_reopen(VFIOUserProxy *proxy, SocketAddress *addr,
+                             Error **errp)
+{
+    QIOChannel *ioc;
+
+    assert(!vfio_user_connected(proxy));
+    ioc = vfio_user_open(addr, proxy->sockname, errp);
+    if (!ioc) {
+        return false;
+    }
+    vfio_user_stop_receiving(proxy);
+    qio_channel_close(proxy->ioc, NULL);
+    object_unref(OBJECT(proxy->ioc));
+    proxy->ioc = ioc;
+    qatomic_set(&proxy->established, false);
+
+    WITH_QEMU_LOCK_GUARD(&proxy->lock) {
+        g_free(proxy->lost_reason);
+        proxy->lost_reason = NULL;
+        proxy->nr_posted = 0;
+        proxy->posted_errors_reported = 0;
+        /* Until the new server says otherwise */
+        proxy->max_send_fds = VFIO_USER_DEF_MAX_FDS;
+        proxy->max_xfer_size = VFIO_USER_DEF_MAX_XFER;
+        qatomic_set(&proxy->connected, true);
+    }
+    trace_vfio_user_connect(proxy->sockname);
+    vfio_user_start_receiving(proxy);
+    return true;
+}
+
+/*
+ * Reconnection runs in the main loop, which must not wait for a server
+ * that accepts connections but does not answer (a stopped process's
+ * socket still does, from its backlog): every attempt would stop the
+ * monitor for a whole request timeout.  So it comes in two steps.  This
+ * one connects to @addr again and sends VERSION; once the reply is in,
+ * @answered(@opaque) runs in the main loop, and takes it with
+ * vfio_user_reconnect_finish().  Waiting for it, and giving up, is the
+ * caller's (vfio_user_drop()).  Replaying the device's state is the
+ * caller's too: the server has shown it answers by then.
+ */
+bool vfio_user_reconnect_start(VFIOUserProxy *proxy, SocketAddress *addr,
+                               QEMUBHFunc *answered, void *opaque,
+                               Error **errp)
+{
+    g_autofree VFIOUserVersion *msg = NULL;
+    VFIOUserPending *pending;
+    Error *err = NULL;
+
+    vfio_user_reconnect_cancel(proxy);
+    if (!vfio_user_reopen(proxy, addr, errp)) {
+        return false;
+    }
+    msg = vfio_user_version_msg();
+    pending = g_new0(VFIOUserPending, 1);
+    pending->command = VFIO_USER_VERSION;
+    pending->notify = true;
+    proxy->version_answered = answered;
+    proxy->version_opaque = opaque;
+    WITH_QEMU_LOCK_GUARD(&proxy->lock) {
+        msg->hdr.id = pending->id = proxy->next_id++;
+        QTAILQ_INSERT_TAIL(&proxy->pending, pending, next);
+        proxy->version = pending;
+    }
+    if (vfio_user_send(proxy, &msg->hdr, NULL, 0, &err) < 0) {
+        error_prepend(&err, "VERSION (id %u): ", msg->hdr.id);
+        vfio_user_connection_lost(proxy, err, errp);
+        return false;
+    }
+    return true;
+}
+
+/* Take the reconnection's VERSION request off the list: NULL if none */
+static VFIOUserPending *vfio_user_take_version(VFIOUserProxy *proxy)
+{
+    VFIOUserPending *pending;
+
+    QEMU_LOCK_GUARD(&proxy->lock);
+    pending = g_steal_pointer(&proxy->version);
+    if (pending) {
+        QTAILQ_REMOVE(&proxy->pending, pending, next);
+    }
+    return pending;
+}
+
+/* The reconnection's VERSION has its reply: negotiate with it */
+bool vfio_user_reconnect_finish(VFIOUserProxy *proxy, Error **errp)
+{
+    g_autofree VFIOUserPending *pending = vfio_user_take_version(proxy);
+    g_auto(VFIOUserMsg) reply = { };
+
+    proxy->version_answered = NULL;
+    if (!pending || !pending->done) {
+        error_setg(errp, "vfio-user %s: VERSION got no reply: %s",
+                   proxy->sockname, proxy->lost_reason ?: "not connected");
+        return false;
+    }
+    reply = pending->reply;
+    return vfio_user_version_reply(proxy, &reply, errp);
+}
+
+/* Forget a reconnection in progress: its reply, if it comes, is stale */
+void vfio_user_reconnect_cancel(VFIOUserProxy *proxy)
+{
+    g_autofree VFIOUserPending *pending = vfio_user_take_version(proxy);
+
+    proxy->version_answered = NULL;
+    if (pending) {
+        vfio_user_msg_free(&pending->reply);
+    }
+}
+
+/*
+ * Give up on the server, as if it had gone away, @err saying why; without
+ * a report of its own, the caller's to make.  Returns whether the
+ * connection was still there (its lost notifiers then run).
+ */
+bool vfio_user_drop(VFIOUserProxy *proxy, Error *err)
+{
+    qatomic_set(&proxy->established, false);
+    return vfio_user_connection_lost(proxy, err, NULL);
+}
+
+void vfio_user_disconnect(VFIOUserProxy *proxy)
+{
+    /* Let the guest's last writes land, and hear of their failures */
+    vfio_user_flush_posted(proxy, false);
+    WITH_QEMU_LOCK_GUARD(&proxy->lock) {
+        qatomic_set(&proxy->connected, false);
+    }
+    vfio_user_stop_receiving(proxy);
+    trace_vfio_user_disconnect(proxy->sockname);
+    vfio_user_reconnect_cancel(proxy);
+    qemu_bh_delete(proxy->version_bh);
+    qemu_bh_delete(proxy->lost_bh);
+    qio_channel_close(proxy->ioc, NULL);
+    object_unref(OBJECT(proxy->ioc));
+    qemu_cond_destroy(&proxy->cond);
+    qemu_mutex_destroy(&proxy->handler_lock);
+    qemu_mutex_destroy(&proxy->send_lock);
+    qemu_mutex_destroy(&proxy->lock);
+    g_free(proxy->lost_reason);
+    g_free(proxy->sockname);
+    g_free(proxy);
+}
+
+/*
+ * Agree on the protocol version and learn what the server accepts, waiting
+ * for the reply (realize).
+ */
+bool vfio_user_negotiate(VFIOUserProxy *proxy, Error **errp)
+{
+    g_autofree VFIOUserVersion *msg = vfio_user_version_msg();
+    g_auto(VFIOUserMsg) reply = { };
+
+    if (vfio_user_request(proxy, &msg->hdr, NULL, 0, &reply, errp) < 0) {
+        return false;
+    }
+    return vfio_user_version_reply(proxy, &reply, errp);
 }

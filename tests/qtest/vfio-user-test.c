@@ -7,6 +7,7 @@
  */
 
 #include "qemu/osdep.h"
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -97,18 +98,22 @@ static TestServer *server_start_args(const char *path, const char *what,
     return s;
 }
 
-/* Kill @s, as a crash would, and start @path @args on the same socket */
-static void server_restart(TestServer *s, const char *path,
-                           const char *const *args)
+/* Kill @s, as a crash would: its socket is free for another */
+static void server_kill(TestServer *s)
 {
-    g_autoptr(GError) err = NULL;
-    g_autoptr(GPtrArray) argv = g_ptr_array_new();
-
     kill(s->pid, SIGKILL);
     waitpid(s->pid, NULL, 0);
     g_spawn_close_pid(s->pid);
     close(s->stdin_fd);
     unlink(s->sock);
+}
+
+/* Start @path @args on the socket of @s, which server_kill() freed */
+static void server_respawn(TestServer *s, const char *path,
+                           const char *const *args)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
 
     g_ptr_array_add(argv, (char *)path);
     while (args && *args) {
@@ -123,6 +128,14 @@ static void server_restart(TestServer *s, const char *path,
                              &err);
     g_assert_no_error(err);
     g_assert_true(wait_for_file(s->sock));
+}
+
+/* Kill @s, as a crash would, and start @path @args on the same socket */
+static void server_restart(TestServer *s, const char *path,
+                           const char *const *args)
+{
+    server_kill(s);
+    server_respawn(s, path, args);
 }
 
 static TestServer *server_start(const char *path, const char *what,
@@ -1408,6 +1421,107 @@ static void test_error_missing_path(void)
     expect_cmdline_failure(dev, path, "No such file or directory");
     expect_hotplug_failure(args, path, "No such file or directory");
     rmdir(dir);
+}
+
+/* Accept a connection on @listen_fd within WAIT_MS */
+static int accept_within(int listen_fd)
+{
+    struct pollfd pfd = { .fd = listen_fd, .events = POLLIN };
+
+    g_assert_cmpint(poll(&pfd, 1, WAIT_MS), ==, 1);
+    return accept(listen_fd, NULL, NULL);
+}
+
+/*
+ * What a stopped server's socket does: it takes connections (into its
+ * backlog) and never answers.  Reconnecting must not make the main loop
+ * wait for that VERSION reply, or every attempt would stop the monitor
+ * and the vCPUs for a whole request timeout.  The device stays
+ * disconnected until the reply (its reads give all ones, and nothing is
+ * sent but VERSION); once the timeout passes, QEMU gives up on that
+ * connection and tries again; a server that answers gets the device back.
+ */
+static void test_reconnect_unanswered(void)
+{
+    const char *path = g_getenv("VFIO_USER_TEST_SERVER") ?:
+                       "tests/qtest/vfio-user-test-server";
+    g_autofree char *state_dir = g_dir_make_tmp("vfio-user-state-XXXXXX",
+                                                NULL);
+    g_autofree char *state = g_build_filename(state_dir, "regs", NULL);
+    const char *args[] = { "--state", state, NULL };
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    struct pollfd pfd = { .events = POLLIN };
+    uint8_t hdr[16], rest[4096];
+    uint32_t size;
+    QDict *rsp;
+    TestDev t;
+    int lfd, cfd, fds;
+    pid_t pid;
+    char c;
+
+    t.server = server_start_args(path, "vfio-user test server", false, args);
+    if (!guest_start(&t, "pc", ",id=vu0,reconnect-ms=50,"
+                     "x-request-timeout-ms=3000,x-no-mmap=on")) {
+        return;
+    }
+    t.bar0 = qpci_iomap(t.dev, 0, NULL);
+    qpci_io_writeq(t.dev, t.bar0, TS_SCRATCH0, 0x0123456789abcdefULL);
+    pid = qtest_pid(t.qts);
+    fds = count_fds(pid);
+
+    server_kill(t.server);
+    qobject_unref(qtest_qmp_eventwait_ref(t.qts, "VFIO_USER_DISCONNECTED"));
+    lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+    g_strlcpy(addr.sun_path, t.server->sock, sizeof(addr.sun_path));
+    g_assert_cmpint(bind(lfd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
+    g_assert_cmpint(listen(lfd, 1), ==, 0);
+    cfd = accept_within(lfd);
+    g_assert_cmpint(cfd, >=, 0);
+    /* VERSION (command 1), whole */
+    g_assert_true(read_full(cfd, hdr, sizeof(hdr)));
+    g_assert_cmpuint(lduw_le_p(hdr + 2), ==, 1);
+    size = ldl_le_p(hdr + 4);
+    g_assert_cmpuint(size, >, sizeof(hdr));
+    g_assert_cmpuint(size - sizeof(hdr), <=, sizeof(rest));
+    g_assert_true(read_full(cfd, rest, size - sizeof(hdr)));
+
+    /*
+     * QEMU runs on while VERSION waits: the monitor answers, the guest's
+     * reads give all ones, and the connection has neither seen more nor
+     * been given up on (what a main loop that waited would have done by
+     * the time it answered).
+     */
+    rsp = qtest_qmp(t.qts, "{'execute': 'query-status'}");
+    g_assert_true(qdict_haskey(rsp, "return"));
+    qobject_unref(rsp);
+    g_assert_cmphex(qpci_io_readl(t.dev, t.bar0, 0), ==, 0xffffffff);
+    pfd.fd = cfd;
+    g_assert_cmpint(read(cfd, &c, 0), ==, 0);
+    g_assert_cmpint(poll(&pfd, 1, 0), ==, 0);
+
+    /* The timeout: QEMU closes that connection, and connects again */
+    g_assert_cmpint(poll(&pfd, 1, WAIT_MS), ==, 1);
+    while (read(cfd, &c, 1) > 0) {
+        continue;
+    }
+    g_assert_cmpint(read(cfd, &c, 1), ==, 0);
+    close(cfd);
+    cfd = accept_within(lfd);
+    g_assert_cmpint(cfd, >=, 0);
+    close(cfd);
+    close(lfd);
+    unlink(t.server->sock);
+
+    /* A server that answers: the device is back, as it was */
+    server_respawn(t.server, path, args);
+    qobject_unref(qtest_qmp_eventwait_ref(t.qts, "VFIO_USER_RECONNECTED"));
+    g_assert_cmphex(qpci_io_readl(t.dev, t.bar0, 0), ==, TS_ID);
+    g_assert_cmphex(qpci_io_readq(t.dev, t.bar0, TS_SCRATCH0), ==,
+                    0x0123456789abcdefULL);
+    g_assert_cmpint(count_fds(pid), ==, fds);
+    test_dev_stop(&t);
+    unlink(state);
+    rmdir(state_dir);
 }
 
 /* A socket file nobody listens on */
@@ -3761,6 +3875,8 @@ int main(int argc, char **argv)
                    test_raw_reset_unplug);
     qtest_add_func("/vfio-user/raw-server/server-hang", test_raw_server_hang);
     qtest_add_func("/vfio-user/test-server/reconnect", test_reconnect);
+    qtest_add_func("/vfio-user/test-server/reconnect-unanswered",
+                   test_reconnect_unanswered);
     qtest_add_func("/vfio-user/raw-server/server-death",
                    test_raw_server_death);
     qtest_add_func("/vfio-user/raw-server/posted-writes",

@@ -58,6 +58,7 @@ typedef struct VFIOUserPending {
     uint16_t id;
     uint16_t command;
     bool done;                  /* the reply is in @reply */
+    bool notify;                /* the reconnection's VERSION: tell */
     VFIOUserMsg reply;
     QTAILQ_ENTRY(VFIOUserPending) next;
 } VFIOUserPending;
@@ -67,7 +68,8 @@ struct VFIOUserProxy {
     char *sockname;             /* names the connection in messages */
     uint32_t timeout_ms;        /* for each request's reply */
     int64_t deadline_ms;        /* if not 0, for every reply (realize) */
-    bool established;           /* negotiated: the device may be in use */
+    /* Negotiated: the device may be in use (qatomic_read() elsewhere) */
+    bool established;
     QemuThread recv_thread;     /* reads everything the server sends */
     bool receiving;             /* @recv_thread is to be joined */
     int recv_epfd;              /* what @recv_thread waits on */
@@ -111,6 +113,16 @@ struct VFIOUserProxy {
     /* Told in the main loop once the connection is lost */
     NotifierList lost_notifiers;
     QEMUBH *lost_bh;
+
+    /*
+     * A reconnection's VERSION request, on @pending (with @lock) until
+     * vfio_user_reconnect_finish() takes it; @version_bh calls
+     * @version_answered in the main loop once its reply is in.
+     */
+    VFIOUserPending *version;
+    QEMUBH *version_bh;
+    QEMUBHFunc *version_answered;
+    void *version_opaque;
 };
 
 VFIOUserProxy *vfio_user_connect(SocketAddress *addr, uint32_t timeout_ms,
@@ -120,9 +132,12 @@ void vfio_user_set_request_handler(VFIOUserProxy *proxy,
                                    VFIOUserRequestHandler *handler,
                                    void *opaque);
 void vfio_user_disconnect(VFIOUserProxy *proxy);
-bool vfio_user_reconnect(VFIOUserProxy *proxy, SocketAddress *addr,
-                         Error **errp);
-void vfio_user_drop(VFIOUserProxy *proxy, Error *err);
+bool vfio_user_reconnect_start(VFIOUserProxy *proxy, SocketAddress *addr,
+                               QEMUBHFunc *answered, void *opaque,
+                               Error **errp);
+bool vfio_user_reconnect_finish(VFIOUserProxy *proxy, Error **errp);
+void vfio_user_reconnect_cancel(VFIOUserProxy *proxy);
+bool vfio_user_drop(VFIOUserProxy *proxy, Error *err);
 
 void vfio_user_request_init(VFIOUserHdr *hdr, uint16_t command,
                             uint32_t size);
@@ -139,10 +154,15 @@ bool vfio_user_vcpu_may_release_bql(void);
 void vfio_user_add_lost_notifier(VFIOUserProxy *proxy, Notifier *notifier);
 void vfio_user_set_deadline(VFIOUserProxy *proxy, int64_t deadline_ms);
 
-/* Whether the server is still there, from any thread */
+/*
+ * Whether the server is still there, from any thread; one that is being
+ * reconnected to is not, until it has answered VERSION (its device state
+ * is then given back, in the same main loop callback).
+ */
 static inline bool vfio_user_connected(VFIOUserProxy *proxy)
 {
-    return qatomic_read(&proxy->connected);
+    return qatomic_read(&proxy->connected) &&
+           qatomic_read(&proxy->established);
 }
 
 #endif /* HW_VFIO_USER_PROXY_H */
