@@ -284,7 +284,12 @@ static VFIOUserHdr *vfio_user_dma_rw(VFIOUserContainer *container,
         *error = EINVAL;
         return NULL;
     }
-    if (!vfio_user_dma_allowed(container, rw->offset, rw->count, write)) {
+    /*
+     * A server being reconnected to has not shown yet that it serves the
+     * same device, nor been given its mappings again
+     */
+    if (!vfio_user_connected(container->proxy) ||
+        !vfio_user_dma_allowed(container, rw->offset, rw->count, write)) {
         trace_vfio_user_dma_denied(container->proxy->sockname, rw->offset,
                                    rw->count);
         *error = EFAULT;

@@ -484,10 +484,11 @@ static bool vfio_user_irqs_resample(const struct vfio_irq_set *irq_set)
  * turns the interrupt off.
  *
  * INTx's resample eventfd is the exception: hw/vfio falls back to QEMU's
- * own INTx handling when the server refuses it.  The device was wired
- * the same way at realize, from the main loop, where the request waited:
- * it is posted only if the server took it then, and refused at once,
- * without asking, if it refused it then.
+ * own INTx handling when the server refuses it.  It is posted only if
+ * this server took it the last time it was asked (at realize, from the
+ * main loop, where the request waits, if INTx was routed then), and
+ * refused at once, without asking, if it refused it then; the first
+ * request to a server waits.
  */
 static bool vfio_user_irqs_posted(VFIOUserDevice *udev,
                                   const struct vfio_irq_set *irq_set)
@@ -714,12 +715,20 @@ static int vfio_user_set_irqs(VFIODevice *vbasedev,
 {
     VFIOUserDevice *udev = vfio_user_op_dev(vbasedev);
 
+    int ret;
+
     /* Even without a server: one may come back, and get them then */
     vfio_user_record_irqs(udev, irq_set);
     if (vfio_user_dev_gone(udev)) {
         return 0;
     }
-    return vfio_user_send_irqs(vbasedev, irq_set);
+    ret = vfio_user_send_irqs(vbasedev, irq_set);
+    if (ret < 0 && vfio_user_irqs_resample(irq_set) &&
+        vfio_user_irq_fds(udev, irq_set)) {
+        /* hw/vfio handles INTx itself instead: nothing to give back */
+        vfio_user_irq_fds_clear(vfio_user_irq_fds(udev, irq_set));
+    }
+    return ret;
 }
 
 /* A server that came back: wire the interrupts hw/vfio wired before */
@@ -1140,6 +1149,8 @@ bool vfio_user_device_replay(VFIODevice *vbasedev, Error **errp)
     VFIOUserDevice *udev = vfio_user_dev(vbasedev);
     unsigned int i;
 
+    /* A new server: what the last one said of INTx's resample is moot */
+    udev->intx_resample = VFIO_USER_RESAMPLE_UNKNOWN;
     if (!vfio_user_replay_irqs(vbasedev, errp)) {
         return false;
     }

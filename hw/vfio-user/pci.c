@@ -224,6 +224,11 @@ static void vfio_user_pci_reconnect(void *opaque)
     Error *err = NULL;
 
     if (dev->negotiating) {
+        if (vfio_user_reconnect_answered(proxy)) {
+            /* Just in time: its callback is on its way */
+            vfio_user_pci_reconnect_answered(dev);
+            return;
+        }
         error_setg(&err, "no reply to VERSION within %u ms",
                    dev->timeout_ms);
         vfio_user_pci_reconnect_failed(dev, err);

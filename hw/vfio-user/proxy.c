@@ -20,6 +20,7 @@
 #include "qemu/osdep.h"
 #include <poll.h>
 #include <sys/epoll.h>
+#include <sys/un.h>
 
 #include "hw/vfio-user/proxy.h"
 #include "qapi/error.h"
@@ -989,12 +990,77 @@ void vfio_user_set_request_handler(VFIOUserProxy *proxy,
 }
 
 /* A non-blocking channel connected to @addr, that can pass fds */
+/*
+ * Connect to a UNIX socket without waiting: a server that is stopped (or
+ * not accepting) and whose listen queue is full would otherwise make
+ * connect() block, for as long as it stays so, the thread that holds the
+ * BQL.  Returns the connected fd, or -1.
+ */
+static int vfio_user_connect_unix(const UnixSocketAddress *un, Error **errp)
+{
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    size_t len = strlen(un->path);
+    socklen_t addrlen = sizeof(sun);
+    size_t off = 0;
+    int fd;
+
+#ifdef CONFIG_LINUX
+    if (un->has_abstract && un->abstract) {
+        /* A leading NUL; tight (the default): no padding after the name */
+        off = 1;
+        if (!un->has_tight || un->tight) {
+            addrlen = offsetof(struct sockaddr_un, sun_path) + 1 + len;
+        }
+    }
+#endif
+    if (off + len >= sizeof(sun.sun_path)) {
+        error_setg(errp, "UNIX socket path '%s' is too long", un->path);
+        return -1;
+    }
+    memcpy(sun.sun_path + off, un->path, len);
+
+    fd = qemu_socket(AF_UNIX, SOCK_STREAM, 0);
+    if (fd < 0) {
+        error_setg_errno(errp, errno, "Failed to create socket");
+        return -1;
+    }
+    qemu_socket_set_nonblock(fd);
+    while (connect(fd, (struct sockaddr *)&sun, addrlen) < 0) {
+        if (errno == EINTR) {
+            continue;
+        }
+        if (errno == EAGAIN) {
+            error_setg(errp, "the socket takes no more connections (is "
+                       "the server stopped?)");
+        } else {
+            error_setg_errno(errp, errno, "Failed to connect to '%s'",
+                             un->path);
+        }
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 static QIOChannel *vfio_user_open(SocketAddress *addr, const char *sockname,
                                   Error **errp)
 {
-    g_autoptr(QIOChannelSocket) sioc = qio_channel_socket_new();
+    g_autoptr(QIOChannelSocket) sioc = NULL;
+    int fd;
 
-    if (qio_channel_socket_connect_sync(sioc, addr, errp) < 0) {
+    if (addr->type == SOCKET_ADDRESS_TYPE_UNIX) {
+        fd = vfio_user_connect_unix(&addr->u.q_unix, errp);
+        sioc = fd < 0 ? NULL : qio_channel_socket_new_fd(fd, errp);
+        if (fd >= 0 && !sioc) {
+            close(fd);
+        }
+    } else {
+        sioc = qio_channel_socket_new();
+        if (qio_channel_socket_connect_sync(sioc, addr, errp) < 0) {
+            g_clear_pointer(&sioc, object_unref);
+        }
+    }
+    if (!sioc) {
         error_prepend(errp, "vfio-user %s: ", sockname);
         return NULL;
     }
@@ -1085,7 +1151,12 @@ VFIOUserProxy *vfio_user_connect(SocketAddress *addr, uint32_t timeout_ms,
     QTAILQ_INIT(&proxy->pending);
     notifier_list_init(&proxy->lost_notifiers);
     proxy->lost_bh = qemu_bh_new(vfio_user_lost_bh, proxy);
-    proxy->version_bh = qemu_bh_new(vfio_user_version_bh, proxy);
+    /*
+     * Not in nested event loops (a drain, say): what it runs gives the
+     * server the device's state, as the timer that started it would
+     */
+    proxy->version_bh = aio_bh_new(iohandler_get_aio_context(),
+                                   vfio_user_version_bh, proxy);
     /* Until the server says otherwise */
     proxy->max_send_fds = VFIO_USER_DEF_MAX_FDS;
     proxy->max_xfer_size = VFIO_USER_DEF_MAX_XFER;
@@ -1162,7 +1233,7 @@ static bool vfio_user_reopen(VFIOUserProxy *proxy, SocketAddress *addr,
 {
     QIOChannel *ioc;
 
-    assert(!vfio_user_connected(proxy));
+    assert(!qatomic_read(&proxy->connected));
     ioc = vfio_user_open(addr, proxy->sockname, errp);
     if (!ioc) {
         return false;
@@ -1223,11 +1294,19 @@ bool vfio_user_reconnect_start(VFIOUserProxy *proxy, SocketAddress *addr,
         proxy->version = pending;
     }
     if (vfio_user_send(proxy, &msg->hdr, NULL, 0, &err) < 0) {
+        vfio_user_reconnect_cancel(proxy);
         error_prepend(&err, "VERSION (id %u): ", msg->hdr.id);
         vfio_user_connection_lost(proxy, err, errp);
         return false;
     }
     return true;
+}
+
+/* Whether the reconnection's VERSION has its reply (its callback is due) */
+bool vfio_user_reconnect_answered(VFIOUserProxy *proxy)
+{
+    QEMU_LOCK_GUARD(&proxy->lock);
+    return proxy->version && proxy->version->done;
 }
 
 /* Take the reconnection's VERSION request off the list: NULL if none */

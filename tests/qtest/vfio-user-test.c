@@ -1434,12 +1434,13 @@ static int accept_within(int listen_fd)
 
 /*
  * What a stopped server's socket does: it takes connections (into its
- * backlog) and never answers.  Reconnecting must not make the main loop
- * wait for that VERSION reply, or every attempt would stop the monitor
- * and the vCPUs for a whole request timeout.  The device stays
- * disconnected until the reply (its reads give all ones, and nothing is
- * sent but VERSION); once the timeout passes, QEMU gives up on that
- * connection and tries again; a server that answers gets the device back.
+ * backlog) and never answers, and once its backlog is full, connect()
+ * would block.  Reconnecting must wait for neither, or every attempt
+ * would stop the monitor and the vCPUs for a whole request timeout (and a
+ * full backlog, for good).  The device stays disconnected until the reply
+ * to VERSION (its reads give all ones, and nothing is sent but VERSION);
+ * once the timeout passes, QEMU gives up on that connection and tries
+ * again; a server that answers gets the device back.
  */
 static void test_reconnect_unanswered(void)
 {
@@ -1449,13 +1450,14 @@ static void test_reconnect_unanswered(void)
                                                 NULL);
     g_autofree char *state = g_build_filename(state_dir, "regs", NULL);
     const char *args[] = { "--state", state, NULL };
+    g_autofree char *full = g_build_filename(state_dir, "full", NULL);
     struct sockaddr_un addr = { .sun_family = AF_UNIX };
     struct pollfd pfd = { .events = POLLIN };
     uint8_t hdr[16], rest[4096];
     uint32_t size;
     QDict *rsp;
     TestDev t;
-    int lfd, cfd, fds;
+    int lfd, cfd, filler, fds;
     pid_t pid;
     char c;
 
@@ -1471,10 +1473,29 @@ static void test_reconnect_unanswered(void)
 
     server_kill(t.server);
     qobject_unref(qtest_qmp_eventwait_ref(t.qts, "VFIO_USER_DISCONNECTED"));
+
+    /*
+     * A backlog of 0 holds one connection: ours, made before the socket
+     * takes the server's place, so that QEMU finds it full
+     */
     lfd = socket(AF_UNIX, SOCK_STREAM, 0);
-    g_strlcpy(addr.sun_path, t.server->sock, sizeof(addr.sun_path));
+    g_strlcpy(addr.sun_path, full, sizeof(addr.sun_path));
     g_assert_cmpint(bind(lfd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
-    g_assert_cmpint(listen(lfd, 1), ==, 0);
+    g_assert_cmpint(listen(lfd, 0), ==, 0);
+    filler = socket(AF_UNIX, SOCK_STREAM, 0);
+    g_assert_cmpint(connect(filler, (struct sockaddr *)&addr, sizeof(addr)),
+                    ==, 0);
+    g_assert_cmpint(rename(full, t.server->sock), ==, 0);
+    /* Several attempts (every 50 ms) meet the full backlog meanwhile */
+    g_usleep(300 * 1000);
+    rsp = qtest_qmp(t.qts, "{'execute': 'query-status'}");
+    g_assert_true(qdict_haskey(rsp, "return"));
+    qobject_unref(rsp);
+    cfd = accept_within(lfd);
+    g_assert_cmpint(cfd, >=, 0);
+    close(cfd);
+    close(filler);
+
     cfd = accept_within(lfd);
     g_assert_cmpint(cfd, >=, 0);
     /* VERSION (command 1), whole */
@@ -1496,7 +1517,6 @@ static void test_reconnect_unanswered(void)
     qobject_unref(rsp);
     g_assert_cmphex(qpci_io_readl(t.dev, t.bar0, 0), ==, 0xffffffff);
     pfd.fd = cfd;
-    g_assert_cmpint(read(cfd, &c, 0), ==, 0);
     g_assert_cmpint(poll(&pfd, 1, 0), ==, 0);
 
     /* The timeout: QEMU closes that connection, and connects again */
@@ -1539,6 +1559,34 @@ static void test_error_not_listening(void)
     g_assert_cmpint(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
     expect_cmdline_failure(dev, path, "Connection refused");
     expect_hotplug_failure(args, path, "Connection refused");
+    close(fd);
+    unlink(path);
+    rmdir(dir);
+}
+
+/*
+ * A server that does not accept, its listen queue full (a stopped one):
+ * creating the device fails at once rather than blocking in connect()
+ */
+static void test_error_backlog_full(void)
+{
+    g_autofree char *dir = g_dir_make_tmp("vfio-user-test-XXXXXX", NULL);
+    g_autofree char *path = g_build_filename(dir, "sock", NULL);
+    g_autofree char *dev = g_strdup_printf("vfio-user-pci,socket=%s", path);
+    g_autofree char *args = g_strdup_printf(
+        "{'driver': 'vfio-user-pci', 'socket': '%s'}", path);
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    int filler = socket(AF_UNIX, SOCK_STREAM, 0);
+
+    g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
+    g_assert_cmpint(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
+    g_assert_cmpint(listen(fd, 0), ==, 0);
+    g_assert_cmpint(connect(filler, (struct sockaddr *)&addr, sizeof(addr)),
+                    ==, 0);
+    expect_cmdline_failure(dev, path, "takes no more connections");
+    expect_hotplug_failure(args, path, "takes no more connections");
+    close(filler);
     close(fd);
     unlink(path);
     rmdir(dir);
@@ -3890,6 +3938,7 @@ int main(int argc, char **argv)
     qtest_add_func("/vfio-user/error/missing-path", test_error_missing_path);
     qtest_add_func("/vfio-user/error/not-listening",
                    test_error_not_listening);
+    qtest_add_func("/vfio-user/error/backlog-full", test_error_backlog_full);
     qtest_add_func("/vfio-user/error/closed-in-negotiation",
                    test_error_closed_in_negotiation);
     qtest_add_func("/vfio-user/error/major-version",

@@ -135,6 +135,7 @@ void vfio_user_disconnect(VFIOUserProxy *proxy);
 bool vfio_user_reconnect_start(VFIOUserProxy *proxy, SocketAddress *addr,
                                QEMUBHFunc *answered, void *opaque,
                                Error **errp);
+bool vfio_user_reconnect_answered(VFIOUserProxy *proxy);
 bool vfio_user_reconnect_finish(VFIOUserProxy *proxy, Error **errp);
 void vfio_user_reconnect_cancel(VFIOUserProxy *proxy);
 bool vfio_user_drop(VFIOUserProxy *proxy, Error *err);
