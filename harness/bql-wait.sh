@@ -55,12 +55,16 @@ fi
 server_opts=()
 trace_opts=()
 case $target in
-bar) hammer_opt='' ;;
+# The other vCPU also reads the device's MSI-X table at each tick
+bar)
+    hammer_opt=' probe=msix'
+    server_opts=(--msix 1)
+    ;;
 config) hammer_opt=' hammer=config' ;;
 ioregionfd)
-    hammer_opt=''
+    hammer_opt=' probe=msix'
     # The scratch register the guest hammers (BAR0 0x10)
-    server_opts=(--iofd 0,ioregionfd,offset=0x10,size=8)
+    server_opts=(--iofd 0,ioregionfd,offset=0x10,size=8 --msix 1)
     trace_opts=(-d trace:vfio_user_send -D "$work/trace.log")
     ;;
 msix|msix-enable)
@@ -297,6 +301,15 @@ def main():
         print(f"bql-wait: the other vCPU ticked {len(ticks)} times in the "
               f"window, fewer than {min_ticks}")
         ok = False
+    # With probe=msix, the other vCPU read the device's MSI-X table at
+    # each tick: the waiting access must not have kept it out
+    probe_bad = [int(m.group(1)) for m in
+                 (re.search(r" probe_bad=(\d+)", t) for t in ticks) if m]
+    if probe_bad:
+        print(f"bql-wait: the other vCPU's reads of the device's MSI-X "
+              f"table that went wrong: {probe_bad[-1]} by the window's end")
+        if probe_bad[-1]:
+            ok = False
 
     # The server runs again, before the request timeout: QEMU must still
     # run, and the access that waited complete, with what was written
@@ -345,6 +358,11 @@ EOF
 
 if [ $rc -ne 0 ]; then
     failed "failed as said above"
+fi
+# memory.c's guard against re-entrant device I/O refused an access
+if grep -q "Blocked re-entrant IO" "$work/qemu.log"; then
+    failed "QEMU refused an access as re-entrant I/O:" \
+        "$(grep -m1 "Blocked re-entrant IO" "$work/qemu.log")"
 fi
 # The guest's unmasks reached the server: one SET_IRQS (the vector's
 # eventfd) and one unmask for every other pair

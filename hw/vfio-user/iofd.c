@@ -639,6 +639,7 @@ static bool vfio_user_ioregionfd_access(VFIOUserIOFDs *iofds,
     /* As for a BAR access through the socket; RCU keeps iofds alive */
     bool unlock = vfio_user_vcpu_may_release_bql();
     bool wait = !write || !e->posted;
+    VFIOUserGuardState guards;
     VFIOUserIORegionCmd cmd;
     VFIOUserIORegionResp resp;
     VFIOUserIORegionChan *chan;
@@ -681,7 +682,7 @@ static bool vfio_user_ioregionfd_access(VFIOUserIOFDs *iofds,
                                offset, size, le64_to_cpu(cmd.data));
 
     if (unlock) {
-        bql_unlock();
+        vfio_user_bql_unlock(proxy, &guards);
     }
     qemu_mutex_lock(&chan->lock);
     if (chan->failed) {
@@ -706,7 +707,7 @@ static bool vfio_user_ioregionfd_access(VFIOUserIOFDs *iofds,
     }
     qemu_mutex_unlock(&chan->lock);
     if (unlock) {
-        bql_lock();
+        vfio_user_bql_lock(proxy, &guards);
     }
     vfio_user_ioregion_chan_unref(chan);
 

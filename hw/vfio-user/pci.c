@@ -299,6 +299,7 @@ static void vfio_user_pci_realize(PCIDevice *pdev, Error **errp)
     VFIOPCIDevice *vdev = VFIO_PCI_BASE(pdev);
     VFIODevice *vbasedev = &vdev->vbasedev;
     g_autoptr(SocketAddress) addr = NULL;
+    DeviceState *host;
     int i;
     const VFIOIOMMUClass *ops =
         VFIO_IOMMU_CLASS(object_class_by_name(TYPE_VFIO_IOMMU_USER));
@@ -323,6 +324,11 @@ static void vfio_user_pci_realize(PCIDevice *pdev, Error **errp)
     if (!dev->udev.proxy) {
         return;
     }
+    /* Config accesses come through the root bus's host bridge */
+    host = BUS(pci_device_root_bus(pdev))->parent;
+    vfio_user_set_access_guards(dev->udev.proxy,
+                                &DEVICE(pdev)->mem_reentrancy_guard,
+                                host ? &host->mem_reentrancy_guard : NULL);
     vbasedev->name = g_strdup_printf("vfio-user:%s",
                                      dev->udev.proxy->sockname);
     trace_vfio_user_pci_realize(vbasedev->name);

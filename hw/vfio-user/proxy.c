@@ -585,6 +585,57 @@ bool vfio_user_vcpu_may_release_bql(void)
     return current_cpu && bql_locked() && get_ptr_rcu_reader()->depth > 0;
 }
 
+/*
+ * memory.c lets one access at a time into a device's I/O regions (its
+ * re-entrancy guard, engaged for the whole access), which holds because
+ * the BQL serializes accesses.  A vCPU that lets the BQL go in the middle
+ * of its access must let that guard go with it: other vCPUs would find
+ * the device's other regions (its MSI-X table, say) refused meanwhile,
+ * and for a config access, the host bridge's, so every device's config
+ * space.  Nothing else runs our access's MMIO handler meanwhile, so there
+ * is nothing for the guard to protect.  Set at realize.
+ */
+void vfio_user_set_access_guards(VFIOUserProxy *proxy,
+                                 MemReentrancyGuard *device,
+                                 MemReentrancyGuard *host)
+{
+    proxy->access_guards[0] = device;
+    proxy->access_guards[1] = host;
+}
+
+/*
+ * Let the BQL go, and the guards with it, saving in @saved whether this
+ * thread's access had them engaged: only the thread that holds the BQL
+ * can have, as accesses that let it go clear them first.
+ */
+void vfio_user_bql_unlock(VFIOUserProxy *proxy, VFIOUserGuardState *saved)
+{
+    unsigned int i;
+
+    for (i = 0; i < VFIO_USER_ACCESS_GUARDS; i++) {
+        MemReentrancyGuard *guard = proxy->access_guards[i];
+
+        saved->engaged[i] = guard && guard->engaged_in_io;
+        if (guard) {
+            guard->engaged_in_io = false;
+        }
+    }
+    bql_unlock();
+}
+
+/* Take the BQL again, and the guards as they were */
+void vfio_user_bql_lock(VFIOUserProxy *proxy, const VFIOUserGuardState *saved)
+{
+    unsigned int i;
+
+    bql_lock();
+    for (i = 0; i < VFIO_USER_ACCESS_GUARDS; i++) {
+        if (proxy->access_guards[i] && saved->engaged[i]) {
+            proxy->access_guards[i]->engaged_in_io = true;
+        }
+    }
+}
+
 /* The same, for a caller that asked to (a guest's BAR or config access) */
 static bool vfio_user_may_release_bql(bool release_bql)
 {
@@ -602,6 +653,7 @@ static void vfio_user_wait(VFIOUserProxy *proxy, int64_t deadline_ms,
 {
     int64_t left = deadline_ms - qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
     bool unlocked = vfio_user_may_release_bql(release_bql);
+    VFIOUserGuardState guards;
 
     if (left <= 0) {
         return;
@@ -611,12 +663,12 @@ static void vfio_user_wait(VFIOUserProxy *proxy, int64_t deadline_ms,
      * would otherwise be signalled before we wait, and missed.
      */
     if (unlocked) {
-        bql_unlock();
+        vfio_user_bql_unlock(proxy, &guards);
     }
     qemu_cond_timedwait(&proxy->cond, &proxy->lock, MIN(left, INT_MAX));
     if (unlocked) {
         qemu_mutex_unlock(&proxy->lock);
-        bql_lock();
+        vfio_user_bql_lock(proxy, &guards);
         qemu_mutex_lock(&proxy->lock);
     }
 }
@@ -631,14 +683,15 @@ static int vfio_user_send_unlocked(VFIOUserProxy *proxy, VFIOUserHdr *hdr,
                                    bool release_bql, Error **errp)
 {
     bool unlocked = vfio_user_may_release_bql(release_bql);
+    VFIOUserGuardState guards;
     int ret;
 
     if (unlocked) {
-        bql_unlock();
+        vfio_user_bql_unlock(proxy, &guards);
     }
     ret = vfio_user_send(proxy, hdr, fds, nfds, errp);
     if (unlocked) {
-        bql_lock();
+        vfio_user_bql_lock(proxy, &guards);
     }
     return ret;
 }
@@ -655,13 +708,14 @@ static void vfio_user_read_released(VFIOUserProxy *proxy,
                                     int64_t deadline_ms, bool release_bql)
 {
     bool unlocked = vfio_user_may_release_bql(release_bql);
+    VFIOUserGuardState guards;
     Error *err = NULL;
     int ret;
 
     proxy->reading = true;
     qemu_mutex_unlock(&proxy->lock);
     if (unlocked) {
-        bql_unlock();
+        vfio_user_bql_unlock(proxy, &guards);
     }
     ret = vfio_user_read_one(proxy, true, deadline_ms, &err);
     /* Before the next reader parses what this one may have left half read */
@@ -675,7 +729,7 @@ static void vfio_user_read_released(VFIOUserProxy *proxy,
         qemu_cond_broadcast(&proxy->cond);
     }
     if (unlocked) {
-        bql_lock();
+        vfio_user_bql_lock(proxy, &guards);
     }
     qemu_mutex_lock(&proxy->lock);
 }

@@ -1468,6 +1468,9 @@ static void test_reconnect_unanswered(void)
     }
     t.bar0 = qpci_iomap(t.dev, 0, NULL);
     qpci_io_writeq(t.dev, t.bar0, TS_SCRATCH0, 0x0123456789abcdefULL);
+    /* The write is posted: in the server's file once this read is back */
+    g_assert_cmphex(qpci_io_readq(t.dev, t.bar0, TS_SCRATCH0), ==,
+                    0x0123456789abcdefULL);
     pid = qtest_pid(t.qts);
     fds = count_fds(pid);
 

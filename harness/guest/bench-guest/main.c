@@ -10,7 +10,7 @@
  *
  * Command line (-append):
  *   [mode=mmio|msix|hammer|migrate] [n=MAX] [budget_ms=MS] [reps=R] [pm=guest]
- *   [hammer=config|msix|msix-enable] [eject=1]
+ *   [hammer=config|msix|msix-enable] [eject=1] [probe=msix]
  *
  * mode=mmio (default): rows of 4-byte accesses to
  *   - BAR0 of the raw vfio-user test server (1b36:00f1): the scratch
@@ -46,6 +46,11 @@
  *   every unmask makes QEMU wire the vector to the server (SET_IRQS).
  *   With hammer=msix-enable, it turns MSI-X off and on again instead:
  *   hw/vfio then tears the vectors down and wires INTx, and back.
+ *   With probe=msix (the raw server with --msix), the AP also reads the
+ *   vector control word of the device's MSI-X table entry 0 (QEMU's, not
+ *   the server's) at every tick, and counts the reads that do not give
+ *   what the BSP read before starting it (probe_bad=, in tick lines):
+ *   the device's other regions must work while the BSP waits.
  *
  * The rows run R times over (reps=R, default 3), in turn, so that a burst
  * of load on the host spoils one pass of a row rather than all of it.
@@ -190,6 +195,9 @@ static int pm_force;     /* pm=guest: program the PM base even if set */
 static int hammer_config;   /* hammer=config: config space, not BAR0 */
 static int hammer_msix;     /* hammer=msix: vector 0 masked, unmasked */
 static int hammer_msix_enable; /* hammer=msix-enable: MSI-X off, on */
+static int probe_msix;      /* probe=msix: the AP reads the MSI-X table */
+static uint32_t probe_expect;
+static uint32_t probe_bad;
 static int hammer_eject;    /* eject=1: the AP ejects a stuck device */
 /* mode=hammer: the BSP's progress, for the AP to see it stuck */
 static volatile uint32_t hammer_done;
@@ -725,6 +733,8 @@ static void parse_cmdline(struct mb_info *mbi)
             hammer_msix_enable = 1;
         } else if (prefix(s, "hammer=msix")) {
             hammer_msix = 1;
+        } else if (prefix(s, "probe=msix")) {
+            probe_msix = 1;
         } else if (prefix(s, "eject=1")) {
             hammer_eject = 1;
         }
@@ -976,11 +986,18 @@ void ap_main(void)
                 hammer_slot = -1;
             }
         }
+        if (probe_msix &&
+            mmio_read(RAW_BAR2 + RAW_MSIX_TABLE + 12) != probe_expect) {
+            probe_bad++;
+        }
         ap_ticks++;
         serial_lock();
         puts_serial("BENCH-GUEST: tick");
         kv("n", ap_ticks);
         kv("ms", div64(rdtsc() - start, tsc_khz));
+        if (probe_msix) {
+            kv("probe_bad", probe_bad);
+        }
         puts_serial("\n");
         serial_unlock();
     }
@@ -1043,7 +1060,7 @@ static void hammer(void)
         max_n = 1;
     }
     set_bar(raw, 0, RAW_BAR0);
-    if (hammer_msix) {
+    if (hammer_msix || probe_msix) {
         set_bar(raw, 2, RAW_BAR2);
     }
     enable_device(raw, 0x2);            /* memory space */
@@ -1057,6 +1074,12 @@ static void hammer(void)
     }
     if (hammer_eject) {
         hammer_slot = raw >> 3;
+    }
+    if (probe_msix) {
+        if ((cfg_read(raw >> 3, raw & 7, RAW_CFG_MSIX) & 0xff) != 0x11) {
+            fail("no MSI-X capability at 0x60 (run the server with --msix)");
+        }
+        probe_expect = mmio_read(RAW_BAR2 + RAW_MSIX_TABLE + 12);
     }
     start_ap();
     serial_lock();

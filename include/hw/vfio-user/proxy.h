@@ -8,6 +8,7 @@
 #ifndef HW_VFIO_USER_PROXY_H
 #define HW_VFIO_USER_PROXY_H
 
+#include "hw/qdev-core.h"
 #include "io/channel-socket.h"
 #include "qemu/notify.h"
 #include "qemu/queue.h"
@@ -54,6 +55,9 @@ typedef VFIOUserHdr *VFIOUserRequestHandler(void *opaque, VFIOUserMsg *req,
                                             uint32_t *error);
 
 /* A request whose reply is awaited, on its sender's stack */
+/* The device's own and its host bridge's (config space) */
+#define VFIO_USER_ACCESS_GUARDS 2
+
 typedef struct VFIOUserPending {
     uint16_t id;
     uint16_t command;
@@ -123,7 +127,15 @@ struct VFIOUserProxy {
     QEMUBH *version_bh;
     QEMUBHFunc *version_answered;
     void *version_opaque;
+
+    /* What a guest's access engages: see vfio_user_bql_unlock() */
+    MemReentrancyGuard *access_guards[VFIO_USER_ACCESS_GUARDS];
 };
+
+/* Whether each of the proxy's access guards was engaged, to put back */
+typedef struct VFIOUserGuardState {
+    bool engaged[VFIO_USER_ACCESS_GUARDS];
+} VFIOUserGuardState;
 
 VFIOUserProxy *vfio_user_connect(SocketAddress *addr, uint32_t timeout_ms,
                                  Error **errp);
@@ -152,6 +164,12 @@ int vfio_user_request_posted(VFIOUserProxy *proxy, VFIOUserHdr *req,
                              VFIOUserPostedFlags flags, Error **errp);
 void vfio_user_flush_posted(VFIOUserProxy *proxy, bool release_bql);
 bool vfio_user_vcpu_may_release_bql(void);
+void vfio_user_set_access_guards(VFIOUserProxy *proxy,
+                                 MemReentrancyGuard *device,
+                                 MemReentrancyGuard *host);
+void vfio_user_bql_unlock(VFIOUserProxy *proxy, VFIOUserGuardState *saved);
+void vfio_user_bql_lock(VFIOUserProxy *proxy,
+                        const VFIOUserGuardState *saved);
 void vfio_user_add_lost_notifier(VFIOUserProxy *proxy, Notifier *notifier);
 void vfio_user_set_deadline(VFIOUserProxy *proxy, int64_t deadline_ms);
 
