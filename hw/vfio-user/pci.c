@@ -412,8 +412,9 @@ static bool vfio_user_pci_config_ahead(VFIOUserPCIDevice *dev, bool write,
  * only inside an RCU read-side section, as its port I/O and MMIO
  * dispatch are: that is what keeps the device, unplugged meanwhile,
  * valid for the caller (pci_host_config_read_common()) once the access
- * ends.  Config accesses that come another way (a hypercall) wait with
- * the BQL held.
+ * ends.  Under KVM, config accesses that come another way (a hypercall)
+ * wait with the BQL held; under TCG, a vCPU runs inside such a section
+ * throughout, so they would not, but x86 has no such hypercall.
  */
 static bool vfio_user_pci_config_unlocked(VFIOUserPCIDevice *dev)
 {

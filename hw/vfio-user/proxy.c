@@ -578,7 +578,8 @@ static void *vfio_user_recv_thread(void *opaque)
  * Whether the calling thread may let the BQL go while it waits for the
  * server: only a vCPU in its MMIO or port I/O dispatch, whose RCU
  * read-side section keeps the device alive until the access ends (the
- * main loop has nobody to let run).
+ * main loop has nobody to let run).  Under TCG, a vCPU is inside such a
+ * section for as long as it runs guest code, MMIO or not.
  */
 bool vfio_user_vcpu_may_release_bql(void)
 {
