@@ -714,7 +714,7 @@ static int vfio_user_set_irqs(VFIODevice *vbasedev,
                               struct vfio_irq_set *irq_set)
 {
     VFIOUserDevice *udev = vfio_user_op_dev(vbasedev);
-
+    VFIOUserIRQFds *recorded;
     int ret;
 
     /* Even without a server: one may come back, and get them then */
@@ -723,10 +723,10 @@ static int vfio_user_set_irqs(VFIODevice *vbasedev,
         return 0;
     }
     ret = vfio_user_send_irqs(vbasedev, irq_set);
-    if (ret < 0 && vfio_user_irqs_resample(irq_set) &&
-        vfio_user_irq_fds(udev, irq_set)) {
+    recorded = vfio_user_irq_fds(udev, irq_set);
+    if (ret < 0 && vfio_user_irqs_resample(irq_set) && recorded) {
         /* hw/vfio handles INTx itself instead: nothing to give back */
-        vfio_user_irq_fds_clear(vfio_user_irq_fds(udev, irq_set));
+        vfio_user_irq_fds_clear(recorded);
     }
     return ret;
 }

@@ -54,10 +54,13 @@ G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(VFIOUserMsg, vfio_user_msg_free)
 typedef VFIOUserHdr *VFIOUserRequestHandler(void *opaque, VFIOUserMsg *req,
                                             uint32_t *error);
 
-/* A request whose reply is awaited, on its sender's stack */
 /* The device's own and its host bridge's (config space) */
 #define VFIO_USER_ACCESS_GUARDS 2
 
+/*
+ * A request whose reply is awaited: on its sender's stack, or for a
+ * reconnection's VERSION, on the heap (VFIOUserProxy's @version)
+ */
 typedef struct VFIOUserPending {
     uint16_t id;
     uint16_t command;
