@@ -1288,20 +1288,40 @@ out:
     return NULL;
 }
 
-static BadServer *bad_server_start(BadMode mode)
+/* A UNIX stream socket bound to @path, not listening yet */
+static int bind_unix(const char *path)
 {
     struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+
+    g_assert_cmpint(fd, >=, 0);
+    g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
+    g_assert_cmpint(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
+    return fd;
+}
+
+/*
+ * A socket listening on @path whose queue is full, as a stopped server's
+ * may be: a backlog of 0 holds one connection, ours (in *@filler)
+ */
+static int listen_full(const char *path, int *filler)
+{
+    int fd = bind_unix(path);
+
+    g_assert_cmpint(listen(fd, 0), ==, 0);
+    *filler = connect_unix(path);
+    return fd;
+}
+
+static BadServer *bad_server_start(BadMode mode)
+{
     BadServer *b = g_new0(BadServer, 1);
 
     b->mode = mode;
     b->dir = g_dir_make_tmp("vfio-user-test-XXXXXX", NULL);
     g_assert_nonnull(b->dir);
     b->sock = g_build_filename(b->dir, "sock", NULL);
-    b->listen_fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    g_assert_cmpint(b->listen_fd, >=, 0);
-    g_strlcpy(addr.sun_path, b->sock, sizeof(addr.sun_path));
-    g_assert_cmpint(bind(b->listen_fd, (struct sockaddr *)&addr,
-                         sizeof(addr)), ==, 0);
+    b->listen_fd = bind_unix(b->sock);
     g_assert_cmpint(listen(b->listen_fd, 1), ==, 0);
     b->thread = g_thread_new("bad-server", bad_server_run, b);
     return b;
@@ -1451,7 +1471,6 @@ static void test_reconnect_unanswered(void)
     g_autofree char *state = g_build_filename(state_dir, "regs", NULL);
     const char *args[] = { "--state", state, NULL };
     g_autofree char *full = g_build_filename(state_dir, "full", NULL);
-    struct sockaddr_un addr = { .sun_family = AF_UNIX };
     struct pollfd pfd = { .events = POLLIN };
     uint8_t hdr[16], rest[4096];
     uint32_t size;
@@ -1477,17 +1496,8 @@ static void test_reconnect_unanswered(void)
     server_kill(t.server);
     qobject_unref(qtest_qmp_eventwait_ref(t.qts, "VFIO_USER_DISCONNECTED"));
 
-    /*
-     * A backlog of 0 holds one connection: ours, made before the socket
-     * takes the server's place, so that QEMU finds it full
-     */
-    lfd = socket(AF_UNIX, SOCK_STREAM, 0);
-    g_strlcpy(addr.sun_path, full, sizeof(addr.sun_path));
-    g_assert_cmpint(bind(lfd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
-    g_assert_cmpint(listen(lfd, 0), ==, 0);
-    filler = socket(AF_UNIX, SOCK_STREAM, 0);
-    g_assert_cmpint(connect(filler, (struct sockaddr *)&addr, sizeof(addr)),
-                    ==, 0);
+    /* Full before it takes the server's place, so that QEMU finds it so */
+    lfd = listen_full(full, &filler);
     g_assert_cmpint(rename(full, t.server->sock), ==, 0);
     /* Several attempts (every 50 ms) meet the full backlog meanwhile */
     g_usleep(300 * 1000);
@@ -1547,21 +1557,25 @@ static void test_reconnect_unanswered(void)
     rmdir(state_dir);
 }
 
+/* Creating a device on @path fails with @expect, by -device and device_add */
+static void expect_connect_failure(const char *path, const char *expect)
+{
+    g_autofree char *dev = g_strdup_printf("vfio-user-pci,socket=%s", path);
+    g_autofree char *args = g_strdup_printf(
+        "{'driver': 'vfio-user-pci', 'socket': '%s'}", path);
+
+    expect_cmdline_failure(dev, path, expect);
+    expect_hotplug_failure(args, path, expect);
+}
+
 /* A socket file nobody listens on */
 static void test_error_not_listening(void)
 {
     g_autofree char *dir = g_dir_make_tmp("vfio-user-test-XXXXXX", NULL);
     g_autofree char *path = g_build_filename(dir, "sock", NULL);
-    g_autofree char *dev = g_strdup_printf("vfio-user-pci,socket=%s", path);
-    g_autofree char *args = g_strdup_printf(
-        "{'driver': 'vfio-user-pci', 'socket': '%s'}", path);
-    struct sockaddr_un addr = { .sun_family = AF_UNIX };
-    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    int fd = bind_unix(path);
 
-    g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
-    g_assert_cmpint(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
-    expect_cmdline_failure(dev, path, "Connection refused");
-    expect_hotplug_failure(args, path, "Connection refused");
+    expect_connect_failure(path, "Connection refused");
     close(fd);
     unlink(path);
     rmdir(dir);
@@ -1575,20 +1589,10 @@ static void test_error_backlog_full(void)
 {
     g_autofree char *dir = g_dir_make_tmp("vfio-user-test-XXXXXX", NULL);
     g_autofree char *path = g_build_filename(dir, "sock", NULL);
-    g_autofree char *dev = g_strdup_printf("vfio-user-pci,socket=%s", path);
-    g_autofree char *args = g_strdup_printf(
-        "{'driver': 'vfio-user-pci', 'socket': '%s'}", path);
-    struct sockaddr_un addr = { .sun_family = AF_UNIX };
-    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    int filler = socket(AF_UNIX, SOCK_STREAM, 0);
+    int filler;
+    int fd = listen_full(path, &filler);
 
-    g_strlcpy(addr.sun_path, path, sizeof(addr.sun_path));
-    g_assert_cmpint(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), ==, 0);
-    g_assert_cmpint(listen(fd, 0), ==, 0);
-    g_assert_cmpint(connect(filler, (struct sockaddr *)&addr, sizeof(addr)),
-                    ==, 0);
-    expect_cmdline_failure(dev, path, "takes no more connections");
-    expect_hotplug_failure(args, path, "takes no more connections");
+    expect_connect_failure(path, "takes no more connections");
     close(filler);
     close(fd);
     unlink(path);
